@@ -1,0 +1,314 @@
+"""The event envelope and the body schema of every kind: what producers send and vlmd validates.
+
+An envelope is a JSON object ``{"key", "run", "kind", "ts", "body"}``:
+
+- ``key``: the producer's idempotency key; re-sending an event with the same key is harmless.
+- ``run``: the run id (letters, digits, ``.``, ``_``, ``-``, ``:``; no ``/``).
+- ``kind``: one of `KINDS`, or ``alert.<name>``.
+- ``ts``: the producer's wall clock, seconds since the epoch.
+- ``body``: an object whose required fields depend on the kind (see `BODIES`).
+
+This module is shared by the agent and the daemon (vlmd imports nothing else from the agent), so
+it depends on the standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MAX_KEY = 256
+MAX_ID = 256
+FUTURE_SLACK_S = 366 * 86_400.0  # a year: catches milliseconds and broken clocks, not skew
+RUN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+SHARD_RE = re.compile(r"(\d{1,6})/(\d{1,6})")
+ALERT_RE = re.compile(r"alert\.[a-z][a-z0-9_]{0,63}")
+FAIL_REASONS = frozenset({"oom", "timeout", "backend_error", "bad_input"})
+ENVELOPE_FIELDS = ("key", "run", "kind", "ts", "body")
+
+
+@dataclass(frozen=True)
+class SchemaError:
+    """One reason an event was refused: the event's index in its batch, the field, and why."""
+
+    index: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"event {self.index}: {self.field}: {self.message}"
+
+
+Check = Callable[[Any], str | None]
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _string(limit: int | None = None, pattern: re.Pattern[str] | None = None) -> Check:
+    def check(v: Any) -> str | None:
+        if type(v) is not str:
+            return f"expected a string, got {_type_name(v)}"
+        if limit is not None and len(v) > limit:
+            return f"longer than {limit} characters"
+        if pattern is not None and not pattern.fullmatch(v):
+            return f"{v[:80]!r} does not match {pattern.pattern}"
+        return None
+    return check
+
+
+def _number(minimum: float | None = None) -> Check:
+    def check(v: Any) -> str | None:
+        t = type(v)
+        if t is not float and t is not int:
+            return f"expected a number, got {_type_name(v)}"
+        if t is float and not math.isfinite(v):
+            return "must be finite"
+        if minimum is not None and v < minimum:
+            return f"must be >= {minimum:g}"
+        return None
+    return check
+
+
+def _integer(minimum: int | None = 0) -> Check:
+    def check(v: Any) -> str | None:
+        if type(v) is not int:
+            return f"expected an integer, got {_type_name(v)}"
+        if minimum is not None and v < minimum:
+            return f"must be >= {minimum}"
+        return None
+    return check
+
+
+def _ident(v: Any) -> str | None:
+    if type(v) is int:
+        return None
+    if type(v) is not str:
+        return f"expected a string or integer id, got {_type_name(v)}"
+    if not v or len(v) > MAX_ID:
+        return f"must be 1 to {MAX_ID} characters"
+    return None
+
+
+def _of_type(*types: type) -> Check:
+    names = " or ".join(_type_name(t()) for t in types)
+
+    def check(v: Any) -> str | None:
+        return None if type(v) in types else f"expected {names}, got {_type_name(v)}"
+    return check
+
+
+def _one_of(choices: frozenset[str]) -> Check:
+    def check(v: Any) -> str | None:
+        if v in choices:
+            return None
+        return f"{v!r} is not one of {', '.join(sorted(choices))}"
+    return check
+
+
+def _shard(v: Any) -> str | None:
+    m = SHARD_RE.fullmatch(v) if type(v) is str else None
+    if m is None or int(m[1]) >= int(m[2]):
+        return "expected 'i/n' with 0 <= i < n"
+    return None
+
+
+def _expected(v: Any) -> str | None:
+    if type(v) is str:
+        return None
+    if type(v) is list and all(type(x) is str for x in v):
+        return None
+    return f"expected a string or an array of strings, got {_type_name(v)}"
+
+
+def _nullable(check: Check) -> Check:
+    """A required field that may be null (e.g. ``wrapper_pid`` while no wrapper runs)."""
+    return lambda v: None if v is None else check(v)
+
+
+_MS = _number(0.0)
+_COUNT = _integer(0)
+_NUM = _number()
+_TEXT = _string()
+_LIST = _of_type(list)
+_DICT = _of_type(dict)
+
+
+@dataclass(frozen=True)
+class Body:
+    """The schema of one kind's body: required and optional fields, each with its check.
+
+    Optional fields may be null; fields not named here are allowed and stored as sent.
+    """
+
+    required: Mapping[str, Check]
+    optional: Mapping[str, Check]
+
+    def errors(self, body: Mapping[str, Any]) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        for name, check in self.required.items():
+            if name not in body:
+                found.append((f"body.{name}", "required field is missing"))
+            elif (why := check(body[name])) is not None:
+                found.append((f"body.{name}", why))
+        for name, check in self.optional.items():
+            value = body.get(name)
+            if value is not None and (why := check(value)) is not None:
+                found.append((f"body.{name}", why))
+        return found
+
+
+ITEM_METRICS: Mapping[str, Check] = {
+    "ttft_ms": _MS, "tpot_ms": _MS, "e2e_ms": _MS, "input_tokens": _COUNT,
+    "output_tokens": _COUNT, "vram_before_mb": _MS, "vram_peak_delta_mb": _NUM,
+}
+"""Per-item cost metrics, all optional; ``vram_peak_delta_mb`` may be negative (memory freed)."""
+
+BODIES: Mapping[str, Body] = {
+    "run.submitted": Body(
+        {"model": _string(1024), "dataset": _string(4096)},
+        {"total": _COUNT, "name": _string(128, RUN_RE), "config": _DICT, "shards": _integer(1)},
+    ),
+    "run.started": Body(
+        {"total": _COUNT, "host": _string(256), "pid": _COUNT},
+        {"shard": _shard},
+    ),
+    "item.completed": Body(
+        {"item": _ident, "answer": _TEXT},
+        {"expected": _expected, "score": _NUM, "question": _TEXT, "shard": _shard,
+         **ITEM_METRICS},
+    ),
+    "item.failed": Body(
+        {"item": _ident, "reason": _one_of(FAIL_REASONS), "message": _TEXT},
+        {"expected": _expected, "question": _TEXT, "shard": _shard, **ITEM_METRICS},
+    ),
+    "watchdog.heartbeat": Body(
+        {"host": _string(256), "pid": _COUNT, "wrapper_pid": _nullable(_integer(None)),
+         "wrapper_state": _string(64)},
+        {"shard": _shard},
+    ),
+    "run.finished": Body({}, {"shard": _shard}),
+    "run.failed": Body({"reason": _TEXT}, {"shard": _shard}),
+    "run.cancelled": Body({}, {"reason": _TEXT}),
+}
+
+ALERT_BODY = Body(
+    {"message": _TEXT},
+    {"samples": _LIST, "stacks": _of_type(str, list), "signal": _integer(None),
+     "exit_code": _integer(None), "shard": _shard},
+)
+SAMPLE_ONE = Body({"t": _number(0.0), "gpus": _LIST, "ram": _DICT}, {})
+KINDS: frozenset[str] = frozenset({*BODIES, "watchdog.sample"})
+"""Every kind vlmd accepts, besides ``alert.<name>``."""
+
+
+def _sample_errors(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    found = [("body.host", why) for why in [_string(256)(body.get("host"))] if why]
+    if "samples" not in body:
+        return found + SAMPLE_ONE.errors(body)
+    samples = body["samples"]
+    if type(samples) is not list:
+        return [*found, ("body.samples", f"expected an array, got {_type_name(samples)}")]
+    for i, sample in enumerate(samples):
+        if type(sample) is not dict:
+            found.append((f"body.samples[{i}]", f"expected an object, got {_type_name(sample)}"))
+            continue
+        found += [(f"body.samples[{i}].{f[5:]}", why) for f, why in SAMPLE_ONE.errors(sample)]
+    return found
+
+
+def event_errors(event: Any, index: int, now: float) -> list[SchemaError]:
+    """Every reason `event` (the `index`-th of its batch) is not a valid envelope, received at `now`."""
+    if type(event) is not dict:
+        return [SchemaError(index, "(event)", f"expected an object, got {_type_name(event)}")]
+    found: list[tuple[str, str]] = []
+    for name in event:
+        if name not in ENVELOPE_FIELDS:
+            found.append((str(name)[:80], "unknown envelope field"))
+    for name in ENVELOPE_FIELDS:
+        if name not in event:
+            found.append((name, "required field is missing"))
+    key, run, kind, ts, body = (event.get(n) for n in ENVELOPE_FIELDS)
+    if key is not None and (why := _string(MAX_KEY)(key) or (None if key else "must not be empty")):
+        found.append(("key", why))
+    if run is not None and (why := _string(128, RUN_RE)(run)):
+        found.append(("run", why))
+    if ts is not None:
+        if why := _number(0.0)(ts):
+            found.append(("ts", why))
+        elif ts > now + FUTURE_SLACK_S:
+            found.append(("ts", f"{ts} is more than a year ahead of vlmd's clock "
+                                 "(milliseconds instead of seconds?)"))
+    if body is not None and type(body) is not dict:
+        found.append(("body", f"expected an object, got {_type_name(body)}"))
+        body = None
+    if kind is not None:
+        if type(kind) is not str:
+            found.append(("kind", f"expected a string, got {_type_name(kind)}"))
+        elif kind == "watchdog.sample":
+            found += _sample_errors(body) if body is not None else []
+        elif kind in BODIES:
+            found += BODIES[kind].errors(body) if body is not None else []
+        elif ALERT_RE.fullmatch(kind):
+            found += ALERT_BODY.errors(body) if body is not None else []
+        else:
+            found.append(("kind", f"unknown kind {kind[:80]!r} (known: {', '.join(sorted(KINDS))},"
+                                  " alert.<name>)"))
+    return [SchemaError(index, field, why) for field, why in found]
+
+
+def validate(batch: Any, now: float | None = None) -> list[SchemaError]:
+    """Every schema error in a batch (a JSON array of envelopes); empty when it may be appended.
+
+    Duplicate keys within one batch are an error: a producer never means to send one event twice
+    in the same request.
+    """
+    now = time.time() if now is None else now
+    if type(batch) is not list:
+        return [SchemaError(-1, "(batch)", f"expected an array of events, got {_type_name(batch)}")]
+    found: list[SchemaError] = []
+    seen: dict[str, int] = {}
+    for i, event in enumerate(batch):
+        found += event_errors(event, i, now)
+        key = event.get("key") if type(event) is dict else None
+        if type(key) is str:
+            if key in seen:
+                found.append(SchemaError(i, "key", f"same key as event {seen[key]} in this batch"))
+            else:
+                seen[key] = i
+    return found
+
+
+def new_run_id() -> str:
+    """A fresh run id: ``r-`` and 10 hex digits."""
+    return "r-" + uuid.uuid4().hex[:10]
+
+
+def envelope(run: str, kind: str, body: Mapping[str, Any], *, key: str | None = None,
+             ts: float | None = None) -> dict[str, Any]:
+    """Build an event envelope; without `key`, a random one (so only send it once, via an outbox)."""
+    return {"key": key or f"{run}/{kind}/{uuid.uuid4().hex}", "run": run, "kind": kind,
+            "ts": time.time() if ts is None else ts, "body": dict(body)}
+
+
+def item_key(run: str, item: str | int, attempt: int = 0) -> str:
+    """The idempotency key of an item's outcome: one per (run, item, attempt)."""
+    return f"{run}/item/{item}/{attempt}"
+
+
+def shard_of(value: Sequence[str] | str) -> tuple[int, int]:
+    """Parse ``"i/n"`` into ``(i, n)``; raises ValueError naming the problem."""
+    text = value if isinstance(value, str) else "/".join(value)
+    if _shard(text) is not None:
+        raise ValueError(f"shard {text!r}: expected 'i/n' with 0 <= i < n")
+    i, n = text.split("/")
+    return int(i), int(n)

@@ -1,0 +1,7 @@
+"""``python -m vlmd``: the same as the ``vlmd`` command."""
+
+import sys
+
+from vlmd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,230 @@
+"""The HTTP and WebSocket API: `build_app` returns the Starlette app the daemon serves.
+
+Writes need ``Authorization: Bearer <token>``; reads are open (vlmd binds loopback by default).
+Every user mistake is a 4xx with a JSON ``{"error": ...}`` that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from vlmd_agent import wire
+
+from vlmd.feed import Frame, Subscription, encode
+from vlmd.live import Live
+from vlmd.projections import answers
+from vlmd.projections.summary import summarize
+from vlmd.projections.tracker import RunState
+
+BACKLOG_FRAME = 1_000
+MAX_ERRORS_SHOWN = 20
+WS_TRY_AGAIN = 1013  # "Try Again Later": the client was too slow; reconnect with after=
+WS_GOING_AWAY = 1001
+WS_POLICY = 1008
+
+
+class ApiError(Exception):
+    """A request vlmd refuses: the status and a message for the person who sent it."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+def _error(exc: ApiError) -> Response:
+    return _json({"error": exc.message, **exc.extra}, exc.status)
+
+
+class Api:
+    """The request handlers, over one `Live` state."""
+
+    def __init__(self, live: Live, token: str, max_body: int) -> None:
+        self.live = live
+        self.token = token.encode()
+        self.max_body = max_body
+        self._summaries: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def authorize(self, request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise ApiError(401, "missing token: send 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(given.strip().encode(), self.token):
+            raise ApiError(401, "wrong token")
+
+    async def read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise ApiError(400, f"bad Content-Length {length[:40]!r}")
+            if int(length) > self.max_body:
+                raise ApiError(413, f"request body of {length} bytes is over the "
+                                    f"{self.max_body}-byte limit; send smaller batches")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise ApiError(413, f"request body is over the {self.max_body}-byte limit; "
+                                    "send smaller batches")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def run_state(self, run: str) -> RunState:
+        state = self.live.tracker.find(run)
+        if state is None:
+            raise ApiError(404, f"no run {run[:200]!r} (neither an id nor a name in the log)")
+        return state
+
+    def summary(self, state: RunState) -> dict[str, Any]:
+        cached = self._summaries.get(state.run)
+        if cached is None or cached[0] != state.last_seq:
+            cached = self._summaries[state.run] = (state.last_seq, summarize(state))
+        return cached[1]
+
+    async def post_events(self, request: Request) -> Response:
+        self.authorize(request)
+        raw = await self.read_body(request)
+        try:
+            batch = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise ApiError(400, f"body is not valid JSON: {e}") from None
+        if type(batch) is dict:
+            batch = [batch]
+        errors = wire.validate(batch)
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise ApiError(422, f"{errors[0]}{more}; nothing was appended", errors=[
+                {"index": e.index, "field": e.field, "message": e.message}
+                for e in errors[:MAX_ERRORS_SHOWN]])
+        done = await self.live.append(batch)
+        return _json({"appended": len(done.events), "duplicates": done.duplicates,
+                      "last_seq": done.last_seq})
+
+    async def list_runs(self, request: Request) -> Response:
+        runs = []
+        for state in self.live.tracker.runs.values():
+            row = state.to_dict()
+            row["accuracy"] = self.summary(state)["accuracy"]
+            runs.append(row)
+        return _json({"last_seq": self.live.head, "runs": runs})
+
+    async def get_run(self, request: Request) -> Response:
+        state = self.run_state(request.path_params["run"])
+        return _json({**state.to_dict(), "summary": self.summary(state),
+                      "head": self.live.head})
+
+    async def answers_csv(self, request: Request) -> Response:
+        state = self.run_state(request.path_params["run"])
+        log = self.live.log
+
+        def rows() -> list[answers.Row]:
+            return list(answers.fold(log.read(run=state.run, kinds=answers.ITEM_KINDS)).values())
+
+        folded = await trio.to_thread.run_sync(rows)
+        return StreamingResponse(answers.csv_chunks(folded), media_type="text/csv; charset=utf-8",
+                                 headers={"content-disposition":
+                                          f'attachment; filename="{state.run}-answers.csv"'})
+
+    async def healthz(self, request: Request) -> Response:
+        return _json({"ok": True, "last_seq": self.live.head, "runs": len(self.live.tracker.runs),
+                      "feed_clients": len(self.live.feed.subscribers),
+                      "uptime_s": time.time() - self.live.started_at})
+
+    async def feed(self, ws: WebSocket) -> None:
+        await ws.accept()
+        after_text = ws.query_params.get("after")
+        run = ws.query_params.get("run") or None
+        if after_text is not None and not after_text.isdigit():
+            await ws.close(WS_POLICY, f"after must be a non-negative integer, not {after_text[:40]!r}")
+            return
+        if run is not None:
+            found = self.live.tracker.find(run)
+            run = found.run if found else run
+        sub = self.live.subscribe(run)
+        after = sub.head if after_text is None else int(after_text)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_wait_disconnect, ws, nursery.cancel_scope)
+                await self._stream(ws, sub, after)
+                nursery.cancel_scope.cancel()
+        except* WebSocketDisconnect:
+            pass
+        finally:
+            self.live.feed.unsubscribe(sub)
+
+    async def _stream(self, ws: WebSocket, sub: Subscription, after: int) -> None:
+        """The backlog after `after` up to the subscription's head, then live frames; no gap and
+        no duplicate at the seam, because the subscription only holds frames past its head."""
+        last = after
+        async for frame in self._backlog(sub.run, after, sub.head):
+            await ws.send_text(frame.text)
+            last = frame.last_seq
+        last = max(last, sub.head)
+        async for frame in sub.receive:
+            if frame.last_seq <= last:
+                continue
+            await ws.send_text(frame.text)
+            last = frame.last_seq
+        if sub.dropped:
+            await ws.close(WS_TRY_AGAIN, f"too slow; reconnect with after={last}")
+        else:
+            await ws.close(WS_GOING_AWAY, f"vlmd is stopping; reconnect with after={last}")
+
+    async def _backlog(self, run: str | None, after: int, until: int) -> AsyncIterator[Frame]:
+        if after >= until:
+            return
+        stream = self.live.log.read(after=after, until=until, run=run)
+
+        def chunk() -> list[Any]:
+            return list(itertools.islice(stream, BACKLOG_FRAME))
+
+        while events := await trio.to_thread.run_sync(chunk):
+            yield encode(events)
+
+
+async def _wait_disconnect(ws: WebSocket, scope: trio.CancelScope) -> None:
+    while (await ws.receive())["type"] != "websocket.disconnect":
+        pass
+    scope.cancel()
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guard(handler: Handler) -> Handler:
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as e:
+            return _error(e)
+    return guarded
+
+
+def build_app(live: Live, token: str, *, max_body: int) -> Starlette:
+    """The Starlette app over `live`; writes need `token`; bodies are capped at `max_body`."""
+    api = Api(live, token, max_body)
+    routes = [
+        Route("/api/events", _guard(api.post_events), methods=["POST"]),
+        Route("/events", _guard(api.post_events), methods=["POST"]),
+        Route("/api/runs", _guard(api.list_runs), methods=["GET"]),
+        Route("/api/runs/{run}", _guard(api.get_run), methods=["GET"]),
+        Route("/api/runs/{run}/answers.csv", _guard(api.answers_csv), methods=["GET"]),
+        Route("/healthz", _guard(api.healthz), methods=["GET"]),
+        WebSocketRoute("/api/feed", api.feed),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,152 @@
+"""Config: vlmd.toml, frozen, with every key documented in the repository's ``vlmd.toml``.
+
+Unknown sections and keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+TOKEN_FILE = "vlmd.token"
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message names the file, section and key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8470
+    token: str = ""
+    max_body_mb: float = 32.0
+    feed_buffer: int = 256
+    graceful_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    path: str = "vlmd.db"
+    synchronous: str = "full"
+
+
+@dataclass(frozen=True)
+class DatasetteConfig:
+    enabled: bool = True
+    port: int = 8471
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    interval_s: float = 0.05
+    heartbeat_s: float = 1.0
+    hang_after_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; `Config()` is the defaults."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    datasette: DatasetteConfig = field(default_factory=DatasetteConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    source: str = "(defaults)"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Config:
+        """Read `path`; without one, ``$VLMD_CONFIG``, else ``./vlmd.toml`` if present, else defaults.
+
+        Raises ConfigError naming the file and key for a missing file, bad TOML, an unknown
+        section or key, or a value of the wrong type.
+        """
+        if path is None:
+            path = os.environ.get("VLMD_CONFIG") or ("vlmd.toml" if Path("vlmd.toml").is_file()
+                                                    else None)
+            if path is None:
+                return cls()
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "(dict)") -> Config:
+        """Build a Config from parsed TOML, checking every section, key and type."""
+        sections = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+        built: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in sections:
+                raise ConfigError(f"{source}: unknown section [{name}] "
+                                  f"(known: {', '.join(sections)})")
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {name} must be a [{name}] table")
+            built[name] = _section(sections[name].default_factory(), value,  # type: ignore[misc]
+                                   f"{source}: [{name}]")
+        return cls(**built, source=source)
+
+    def resolve_token(self) -> str:
+        """The write token: ``$VLMD_TOKEN``, else ``server.token``, else the state file's.
+
+        The state file (``vlmd.token`` beside the log, or in ``$STATE_DIRECTORY``) is created on
+        first use with mode 0600.
+        """
+        token = os.environ.get("VLMD_TOKEN") or self.server.token
+        if token:
+            return token
+        path = self.state_dir / TOKEN_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            token = secrets.token_urlsafe(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            return token
+
+    @property
+    def state_dir(self) -> Path:
+        """Where vlmd keeps its own files: ``$STATE_DIRECTORY`` (systemd) or the log's folder."""
+        env = os.environ.get("STATE_DIRECTORY")
+        return Path(env.split(":")[0]) if env else Path(self.log.path).resolve().parent
+
+    @property
+    def url(self) -> str:
+        """The daemon's base URL as clients should use it."""
+        host = "127.0.0.1" if self.server.host in ("0.0.0.0", "") else self.server.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.server.port}"
+
+    def replace(self, **sections: dict[str, Any]) -> Config:
+        """A copy with some keys changed, e.g. ``cfg.replace(server={"port": 0})``."""
+        changed = {name: dataclasses.replace(getattr(self, name), **keys)
+                   for name, keys in sections.items()}
+        return dataclasses.replace(self, **changed)
+
+
+def _section(default: Any, values: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(type(default))
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(hints)})")
+        want = hints[key]
+        ok = (isinstance(value, want) and not (want is int and isinstance(value, bool))) or (
+            want is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{where}: {key} must be {want.__name__}, "
+                              f"not {type(value).__name__} {value!r}")
+    coerced = {k: float(v) if hints[k] is float else v for k, v in values.items()}
+    return dataclasses.replace(default, **coerced)

@@ -1,0 +1,62 @@
+"""Live: the daemon's current state, kept as the fold of the log plus every committed append.
+
+All appends go through `Live.append`, which holds one lock across commit, fold and publish, so
+subscribers see batches in seq order and the tracker never lags the feed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from vlmd.feed import Feed, Subscription
+from vlmd.log import Appended, EventLog
+from vlmd.projections import tracker
+
+
+class Live:
+    """The log, its tracker fold, the feed, and ingest counters."""
+
+    def __init__(self, log: EventLog, feed: Feed) -> None:
+        self.log = log
+        self.feed = feed
+        self.tracker = tracker.Tracker()
+        self.appended_by_kind: Counter[str] = Counter()
+        self.started_at = time.time()
+        self._lock = trio.Lock()
+
+    @property
+    def head(self) -> int:
+        """The seq of the last event folded and published."""
+        return self.tracker.last_seq
+
+    async def rebuild(self) -> None:
+        """Replay the whole log into a fresh tracker (at start-up)."""
+        def replay() -> tracker.Tracker:
+            return tracker.fold(self.log.read(after=0))
+        self.tracker = await trio.to_thread.run_sync(replay)
+
+    async def append(self, events: Sequence[dict[str, Any]]) -> Appended:
+        """Append validated envelopes, then fold and publish what was stored.
+
+        Shielded: once a batch is handed to the writer it is committed, folded and published
+        even if the request that brought it is cancelled, so the state never diverges from the
+        log.
+        """
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                received = time.time()
+                done = await trio.to_thread.run_sync(self.log.append, events, received)
+                for event in done.events:
+                    tracker.apply(self.tracker, event)
+                    self.appended_by_kind[event.kind] += 1
+                self.feed.publish(done.events)
+        return done
+
+    def subscribe(self, run: str | None) -> Subscription:
+        """A feed subscription that starts right after `head` (read the backlog up to there)."""
+        return self.feed.subscribe(run, self.head)

@@ -1,0 +1,191 @@
+"""EventLog: the append-only SQLite event log, the only source of truth in vlmd.
+
+One writer appends batches in ``BEGIN IMMEDIATE`` transactions; readers open their own
+connections, so in WAL mode a read never blocks the writer and the writer never blocks a read.
+The methods are synchronous; the daemon calls them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+from vlmd.migrations import migrate
+
+READ_CHUNK = 2_000
+SYNCHRONOUS = ("off", "normal", "full")
+
+
+class Event(NamedTuple):
+    """A stored event: the producer's envelope plus ``seq`` (log order) and ``received``.
+
+    ``body_json`` is the body exactly as stored, so it can be re-sent without re-encoding.
+    """
+
+    seq: int
+    key: str
+    run: str
+    kind: str
+    ts: float
+    received: float
+    body: dict[str, Any]
+    body_json: str
+
+    def to_json(self) -> bytes:
+        """The event as one JSON object, the form the feed and exports use."""
+        head = orjson.dumps({"seq": self.seq, "key": self.key, "run": self.run, "kind": self.kind,
+                             "ts": self.ts, "received": self.received})
+        return head[:-1] + b',"body":' + self.body_json.encode() + b"}"
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What one `EventLog.append` did: the events it stored (in seq order) and the duplicates."""
+
+    events: list[Event]
+    duplicates: int
+    last_seq: int
+
+
+def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open `path` for vlmd: autocommit mode (we BEGIN ourselves), WAL, a busy timeout."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True,
+                               isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+class EventLog:
+    """The event log in one SQLite file.
+
+    Example::
+
+        log = EventLog.open("vlmd.db")
+        log.append([envelope], received=time.time())
+        for event in log.read(after=0, run="r-1"):
+            ...
+
+    Errors: ``sqlite3.Error`` from the database (disk full, a corrupt file) propagate; an append
+    that fails leaves the log as it was.
+    Resources: one writer connection, plus one short-lived connection per `read`.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._last_seq: int = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+
+    @classmethod
+    def open(cls, path: str | Path, *, synchronous: str = "full") -> EventLog:
+        """Open or create the log at `path`, in WAL mode, with every migration applied."""
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, not {synchronous!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        migrate(conn)
+        return cls(path, conn)
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest committed event (0 for an empty log)."""
+        return self._last_seq
+
+    def append(self, events: Sequence[dict[str, Any]], received: float) -> Appended:
+        """Append validated envelopes in one transaction; all or nothing.
+
+        An event whose key is already in the log is a duplicate: it is counted, not stored.
+        The batch must not repeat a key (`vlmd_agent.wire.validate` refuses that).
+        """
+        rows = [(e["key"], e["run"], e["kind"], float(e["ts"]), received,
+                 orjson.dumps(e["body"]).decode()) for e in events]
+        with self._lock:
+            conn = self._conn
+            first = self._last_seq + 1
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                conn.executemany("INSERT OR IGNORE INTO events (key, run, kind, ts, received, body)"
+                                 " VALUES (?, ?, ?, ?, ?, ?)", rows)
+                stored = conn.total_changes - before
+                if stored == len(rows):
+                    seqs: Iterable[int] = range(first, first + stored)
+                    kept = list(zip(seqs, events, rows, strict=True))
+                else:
+                    by_key = dict(conn.execute("SELECT key, seq FROM events WHERE seq >= ?",
+                                               (first,)).fetchall())
+                    kept = [(by_key[r[0]], e, r) for e, r in zip(events, rows, strict=True)
+                            if r[0] in by_key]
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            if kept:
+                self._last_seq = kept[-1][0]
+            last = self._last_seq
+        stored_events = [Event(seq, r[0], r[1], r[2], r[3], received, e["body"], r[5])
+                         for seq, e, r in kept]
+        return Appended(stored_events, len(rows) - len(stored_events), last)
+
+    def read(self, *, after: int = 0, run: str | None = None, kinds: Iterable[str] | None = None,
+             limit: int | None = None, until: int | None = None) -> Iterator[Event]:
+        """Stream events with ``after < seq [<= until]`` in seq order, optionally filtered.
+
+        `kinds` entries ending in ``.*`` match a prefix (``alert.*``). The stream reads in chunks
+        over its own connection, so a long read neither blocks the writer nor holds a lock.
+        """
+        where, params = ["seq > ?"], []
+        if until is not None:
+            where.append("seq <= ?")
+            params.append(until)
+        if run is not None:
+            where.append("run = ?")
+            params.append(run)
+        if kinds is not None:
+            kinds = list(kinds)
+            exact = [k for k in kinds if not k.endswith(".*")]
+            clauses = [f"kind IN ({', '.join('?' * len(exact))})"] if exact else []
+            clauses += ["kind LIKE ?" for k in kinds if k.endswith(".*")]
+            params += exact + [k[:-1].replace("_", r"\_") + "%" for k in kinds if k.endswith(".*")]
+            where.append("(" + " OR ".join(clauses or ["0"]) + ")")
+        sql = ("SELECT seq, key, run, kind, ts, received, body FROM events WHERE "
+               + " AND ".join(where) + " ORDER BY seq LIMIT ?")
+        sql = sql.replace("kind LIKE ?", r"kind LIKE ? ESCAPE '\'")
+        remaining = limit
+        conn = connect(self.path, readonly=True)
+        try:
+            while remaining is None or remaining > 0:
+                chunk = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+                rows = conn.execute(sql, (after, *params, chunk)).fetchall()
+                for seq, key, run_, kind, ts, rec, body in rows:
+                    yield Event(seq, key, run_, kind, ts, rec, orjson.loads(body), body)
+                if len(rows) < chunk:
+                    return
+                after = rows[-1][0]
+                if remaining is not None:
+                    remaining -= len(rows)
+        finally:
+            conn.close()
+
+    def count(self) -> int:
+        """How many events the log holds."""
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the writer connection (checkpointing the WAL)."""
+        with self._lock:
+            self._conn.close()

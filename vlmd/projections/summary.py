@@ -1,0 +1,56 @@
+"""The per-run summary: accuracy and latency/VRAM percentiles, derived from the tracker's items.
+
+Percentiles use linear interpolation between closest ranks (numpy's default, ``method="linear"``),
+so p50 of an even count is the mean of the two middle values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from vlmd.projections.tracker import RunState
+
+METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "vram_peak_delta_mb")
+QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The `q` quantile (0..1) of already sorted values, by linear interpolation."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    pos = (len(sorted_values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def describe(values: list[float]) -> dict[str, float | int | None]:
+    """count, mean, p50, p90, p99 and max of `values` (None where there are none)."""
+    values = sorted(values)
+    if not values:
+        return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    out: dict[str, float | int | None] = {"count": len(values),
+                                          "mean": math.fsum(values) / len(values)}
+    out.update((name, percentile(values, q)) for name, q in QUANTILES)
+    out["max"] = values[-1]
+    return out
+
+
+def summarize(state: RunState) -> dict[str, Any]:
+    """Accuracy (mean score of completed, scored items) and the distribution of each metric."""
+    completed = [r for r in state.items.values() if r.ok]
+    scores = [r.score for r in completed if r.score is not None]
+    summary: dict[str, Any] = {
+        "completed": len(completed),
+        "failed": len(state.items) - len(completed),
+        "scored": len(scores),
+        "accuracy": math.fsum(scores) / len(scores) if scores else None,
+    }
+    for i, name in enumerate(METRICS, start=2):
+        summary[name] = describe([r[i] for r in completed if r[i] is not None])
+    if state.started_at is not None and state.recent and state.recent[-1] > state.started_at:
+        summary["items_per_s"] = (state.done + state.failed) / (state.recent[-1] - state.started_at)
+    else:
+        summary["items_per_s"] = None
+    return summary

@@ -1,0 +1,229 @@
+"""TaskTracker: per-run progress as a fold over the event log.
+
+``apply(tracker, event)`` is deterministic in the log alone (no clock, no I/O): replaying the same
+events always gives the same state. For speed it updates the state it is given in place and returns
+it; callers that need an old state replay a prefix of the log (`vlmd state --at`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from vlmd.log import Event
+
+RATE_WINDOW_S = 60.0
+RATE_POINTS = 256
+TERMINAL = ("finished", "failed", "cancelled")
+
+
+class ItemResult(NamedTuple):
+    """The latest outcome of one item: the fields the summary needs."""
+
+    ok: bool
+    score: float | None
+    ttft_ms: float | None
+    tpot_ms: float | None
+    e2e_ms: float | None
+    vram_peak_delta_mb: float | None
+
+
+@dataclass
+class RunState:
+    """One run as the log tells it so far."""
+
+    run: str
+    name: str | None = None
+    model: str | None = None
+    dataset: str | None = None
+    submitted_total: int | None = None
+    shard_totals: dict[str, int] = field(default_factory=dict)
+    shards: dict[str, str] = field(default_factory=dict)
+    shard_count: int | None = None
+    ended: str | None = None
+    reason: str | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    last_event_at: float | None = None
+    last_heartbeat: float | None = None
+    stalled: bool = False
+    alerts: int = 0
+    last_alert: str | None = None
+    items: dict[str, ItemResult] = field(default_factory=dict)
+    done: int = 0
+    failed: int = 0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RATE_POINTS))
+    last_seq: int = 0
+
+    @property
+    def total(self) -> int | None:
+        """Items in the run: as submitted, else the sum of the started shards' shares."""
+        if self.submitted_total is not None:
+            return self.submitted_total
+        return sum(self.shard_totals.values()) if self.shard_totals else None
+
+    @property
+    def status(self) -> str:
+        """submitted, running, stalled, finished, failed or cancelled."""
+        if self.ended is not None:
+            return self.ended
+        if self.shard_count and len(self.shards) >= self.shard_count and all(
+                s in ("finished", "failed") for s in self.shards.values()):
+            return "failed" if "failed" in self.shards.values() else "finished"
+        if self.started_at is None:
+            return "submitted"
+        return "stalled" if self.stalled else "running"
+
+    @property
+    def rate(self) -> float | None:
+        """Items (completed or failed) per second over the last minute of item events."""
+        times = self.recent
+        if len(times) < 2:
+            return None
+        last = times[-1]
+        first = next(t for t in times if t >= last - RATE_WINDOW_S)
+        n = sum(1 for t in times if t >= first) - 1
+        return n / (last - first) if last > first and n > 0 else None
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the current rate, while the run is running."""
+        total, rate = self.total, self.rate
+        if total is None or not rate or self.status in TERMINAL:
+            return None
+        return max(total - self.done - self.failed, 0) / rate
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as `GET /api/runs` shows it (without the per-item data)."""
+        return {
+            "run": self.run, "name": self.name, "model": self.model, "dataset": self.dataset,
+            "status": self.status, "done": self.done, "failed": self.failed,
+            "total": self.total, "rate": self.rate, "eta_s": self.eta_s,
+            "submitted_at": self.submitted_at, "started_at": self.started_at,
+            "finished_at": self.finished_at, "last_event_at": self.last_event_at,
+            "last_heartbeat": self.last_heartbeat, "alerts": self.alerts,
+            "last_alert": self.last_alert, "reason": self.reason,
+            "shards": dict(sorted(self.shards.items())), "last_seq": self.last_seq,
+        }
+
+
+@dataclass
+class Tracker:
+    """Every run by id, a name -> id index, and the seq of the last event folded in."""
+
+    runs: dict[str, RunState] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    last_seq: int = 0
+
+    def find(self, run_or_name: str) -> RunState | None:
+        """A run by its id or its human name (the newest run of that name)."""
+        state = self.runs.get(run_or_name)
+        if state is None and run_or_name in self.names:
+            state = self.runs.get(self.names[run_or_name])
+        return state
+
+
+def _submitted(s: RunState, e: Event, t: Tracker) -> None:
+    b = e.body
+    s.model, s.dataset = b["model"], b["dataset"]
+    s.submitted_total = b.get("total", s.submitted_total)
+    s.submitted_at = e.ts
+    if b.get("shards"):
+        s.shard_count = b["shards"]
+    if b.get("name"):
+        s.name = b["name"]
+        t.names[b["name"]] = s.run
+
+
+def _shard(body: dict[str, Any]) -> str:
+    return str(body.get("shard") or "0/1")
+
+
+def _started(s: RunState, e: Event, t: Tracker) -> None:
+    shard = _shard(e.body)
+    s.shard_totals[shard] = e.body["total"]
+    s.shards[shard] = "running"
+    s.shard_count = int(shard.split("/")[1])
+    s.ended = s.reason = s.finished_at = None
+    if s.started_at is None:
+        s.started_at = e.ts
+    s.stalled = False
+
+
+def _item(s: RunState, e: Event, t: Tracker) -> None:
+    b = e.body
+    ok = e.kind == "item.completed"
+    item = str(b["item"])
+    old = s.items.get(item)
+    s.recent.append(e.ts)
+    s.stalled = False
+    if old is not None and old.ok and not ok:
+        return  # a completed item stays completed; a later failure of a retry does not undo it
+    s.items[item] = ItemResult(ok, b.get("score"), b.get("ttft_ms"), b.get("tpot_ms"),
+                               b.get("e2e_ms"), b.get("vram_peak_delta_mb"))
+    if old is not None:
+        s.done -= old.ok
+        s.failed -= not old.ok
+    s.done += ok
+    s.failed += not ok
+
+
+def _heartbeat(s: RunState, e: Event, t: Tracker) -> None:
+    s.last_heartbeat = e.ts
+    s.stalled = False
+
+
+def _alert(s: RunState, e: Event, t: Tracker) -> None:
+    s.alerts += 1
+    s.last_alert = e.kind
+    if e.kind == "alert.agent_lost":
+        s.stalled = True
+
+
+def _ended(s: RunState, e: Event, t: Tracker) -> None:
+    status = e.kind.removeprefix("run.")
+    if e.body.get("shard") and status != "cancelled":
+        s.shards[str(e.body["shard"])] = status
+        if s.status in TERMINAL:
+            s.finished_at = e.ts
+    else:
+        s.ended = status
+        s.finished_at = e.ts
+    if status != "finished":
+        s.reason = e.body.get("reason") or s.reason
+
+
+def _ignore(s: RunState, e: Event, t: Tracker) -> None:
+    pass
+
+
+HANDLERS: dict[str, Callable[[RunState, Event, Tracker], None]] = {
+    "run.submitted": _submitted, "run.started": _started, "item.completed": _item,
+    "item.failed": _item, "watchdog.heartbeat": _heartbeat, "watchdog.sample": _ignore,
+    "run.finished": _ended, "run.failed": _ended, "run.cancelled": _ended,
+}
+
+
+def apply(tracker: Tracker, event: Event) -> Tracker:
+    """Fold one event into `tracker` and return it."""
+    state = tracker.runs.get(event.run)
+    if state is None:
+        state = tracker.runs[event.run] = RunState(event.run)
+    handler = HANDLERS.get(event.kind) or (_alert if event.kind.startswith("alert.") else _ignore)
+    handler(state, event, tracker)
+    if event.kind != "watchdog.sample":
+        state.last_event_at = event.ts
+    state.last_seq = event.seq
+    tracker.last_seq = event.seq
+    return tracker
+
+
+def fold(events: Iterable[Event], tracker: Tracker | None = None) -> Tracker:
+    """Fold every event into a tracker (a new one unless given)."""
+    tracker = Tracker() if tracker is None else tracker
+    for event in events:
+        apply(tracker, event)
+    return tracker
