@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import time
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,7 +18,8 @@ import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from vlmd_agent import wire
 
@@ -27,6 +29,7 @@ from vlmd.projections import answers
 from vlmd.projections.summary import summarize
 from vlmd.projections.tracker import RunState
 
+UI_DIR = Path(__file__).parent / "ui"
 BACKLOG_FRAME = 1_000
 MAX_ERRORS_SHOWN = 20
 WS_TRY_AGAIN = 1013  # "Try Again Later": the client was too slow; reconnect with after=
@@ -140,6 +143,28 @@ class Api:
                                  headers={"content-disposition":
                                           f'attachment; filename="{state.run}-answers.csv"'})
 
+    async def list_events(self, request: Request) -> Response:
+        q = request.query_params
+        try:
+            after = int(q.get("after", "0"))
+            limit = min(int(q.get("limit", "10000")), 100_000)
+        except ValueError:
+            raise ApiError(400, "after and limit must be integers") from None
+        if after < 0 or limit < 1:
+            raise ApiError(400, "after must be >= 0 and limit >= 1")
+        run = q.get("run") or None
+        if run is not None:
+            found = self.live.tracker.find(run)
+            run = found.run if found else run
+        kinds = q.getlist("kind") or None
+        log = self.live.log
+
+        def read() -> bytes:
+            events = log.read(after=after, run=run, kinds=kinds, limit=limit, until=self.live.head)
+            return b"[" + b",".join(e.to_json() for e in events) + b"]"
+
+        return Response(await trio.to_thread.run_sync(read), media_type="application/json")
+
     async def healthz(self, request: Request) -> Response:
         return _json({"ok": True, "last_seq": self.live.head, "runs": len(self.live.tracker.runs),
                       "feed_clients": len(self.live.feed.subscribers),
@@ -224,7 +249,9 @@ def build_app(live: Live, token: str, *, max_body: int) -> Starlette:
         Route("/api/runs", _guard(api.list_runs), methods=["GET"]),
         Route("/api/runs/{run}", _guard(api.get_run), methods=["GET"]),
         Route("/api/runs/{run}/answers.csv", _guard(api.answers_csv), methods=["GET"]),
+        Route("/api/events", _guard(api.list_events), methods=["GET"]),
         Route("/healthz", _guard(api.healthz), methods=["GET"]),
         WebSocketRoute("/api/feed", api.feed),
+        Mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui"),
     ]
     return Starlette(routes=routes)

@@ -117,8 +117,8 @@ class EventLog:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 before = conn.total_changes
-                conn.executemany("INSERT OR IGNORE INTO events (key, run, kind, ts, received, body)"
-                                 " VALUES (?, ?, ?, ?, ?, ?)", rows)
+                conn.executemany("INSERT INTO events (key, run, kind, ts, received, body)"
+                                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING", rows)
                 stored = conn.total_changes - before
                 if stored == len(rows):
                     seqs: Iterable[int] = range(first, first + stored)

@@ -1,0 +1,100 @@
+"""Shared fixtures: a real daemon, in-process (trio tests) or as a subprocess (everything else)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from vlmd.config import Config
+from vlmd.daemon import Daemon, serve
+
+TOKEN = "test-token"
+LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+def daemon_config(db: Path, **server: Any) -> Config:
+    """A config for a test daemon on a free port with a fixed token."""
+    return Config().replace(server={"port": 0, "token": TOKEN, **server},
+                            log={"path": str(db)}, datasette={"enabled": False})
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
+    """A daemon in this trio test's nursery, on port 0, over tmp_path/vlmd.db."""
+    d: Daemon = await nursery.start(serve, daemon_config(tmp_path / "vlmd.db"))
+    yield d
+    d.shutdown.set()
+
+
+@dataclass
+class DaemonProcess:
+    """`vlmd serve` as a real subprocess: its URL, token, db path and process."""
+
+    url: str
+    token: str
+    db: Path
+    proc: subprocess.Popen[str]
+    stderr_path: Path
+
+    def post(self, events: list[dict[str, Any]]) -> httpx.Response:
+        return httpx.post(f"{self.url}/api/events", json=events, timeout=30,
+                          headers={"authorization": f"Bearer {self.token}"})
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+
+def start_daemon(db: Path, *, port: int = 0, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None, timeout: float = 30) -> DaemonProcess:
+    """Start `vlmd serve` on `db` and wait until it says where it listens."""
+    stderr_path = db.with_suffix(f".{time.monotonic_ns()}.stderr")
+    err = stderr_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlmd", "serve", "--db", str(db), "--port", str(port),
+         "--config", str(_config_file(db.parent)), *(extra or [])],
+        stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=db.parent,
+        env={**os.environ, "VLMD_TOKEN": TOKEN, **(env or {})})
+    err.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if m := LISTENING.search(stderr_path.read_text()):
+            return DaemonProcess(m[1], TOKEN, db, proc, stderr_path)
+        if proc.poll() is not None:
+            raise RuntimeError(f"vlmd serve exited {proc.returncode}:\n{stderr_path.read_text()}")
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"vlmd serve did not start in {timeout}s:\n{stderr_path.read_text()}")
+
+
+def _config_file(folder: Path) -> Path:
+    path = folder / "vlmd-test.toml"
+    if not path.exists():
+        path.write_text("[datasette]\nenabled = false\n")
+    return path
+
+
+@pytest.fixture
+def daemon_proc(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """`vlmd serve` as a subprocess over tmp_path/vlmd.db; stopped (SIGTERM) afterwards."""
+    d = start_daemon(tmp_path / "vlmd.db")
+    yield d
+    if d.proc.poll() is None:
+        d.stop()

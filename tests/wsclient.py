@@ -1,0 +1,73 @@
+"""A small WebSocket client for tests, on trio + wsproto, that always closes its socket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (AcceptConnection, CloseConnection, Event, Ping, RejectConnection,
+                            Request, TextMessage)
+
+
+class Closed(Exception):
+    """The server closed the WebSocket: its close code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"closed {code}: {reason}")
+        self.code, self.reason = code, reason
+
+
+class WsClient:
+    """One connection; `get_message` returns the next text message or raises Closed."""
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+        self.stream, self.ws = stream, ws
+        self.pending: list[Event] = []
+        self.parts: list[str] = []
+
+    async def _events(self) -> None:
+        data = await self.stream.receive_some(1 << 16)
+        if not data:
+            raise Closed(1006, "connection lost")
+        self.ws.receive_data(data)
+        self.pending += list(self.ws.events())
+
+    async def get_message(self) -> str:
+        while True:
+            while not self.pending:
+                await self._events()
+            event = self.pending.pop(0)
+            if isinstance(event, TextMessage):
+                self.parts.append(event.data)
+                if event.message_finished:
+                    text, self.parts = "".join(self.parts), []
+                    return text
+            elif isinstance(event, Ping):
+                await self.stream.send_all(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                await self.stream.send_all(self.ws.send(event.response()))
+                raise Closed(event.code, event.reason or "")
+
+
+@asynccontextmanager
+async def open_ws(url: str) -> AsyncIterator[WsClient]:
+    """Connect to a ``ws://`` URL; the socket is closed on exit, whatever happened."""
+    parts = urlsplit(url)
+    stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
+    try:
+        ws = WSConnection(ConnectionType.CLIENT)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        await stream.send_all(ws.send(Request(host=parts.netloc, target=target)))
+        client = WsClient(stream, ws)
+        while not client.pending:
+            await client._events()
+        first = client.pending.pop(0)
+        if isinstance(first, RejectConnection):
+            raise Closed(first.status_code, "rejected")
+        assert isinstance(first, AcceptConnection), first
+        yield client
+    finally:
+        await trio.aclose_forcefully(stream)
