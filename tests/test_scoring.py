@@ -1,0 +1,158 @@
+"""Scorers, as literal tables of (prediction, reference, expected score)."""
+
+from __future__ import annotations
+
+import pytest
+from vlmd_agent.datasets import Item
+from vlmd_agent.scoring import anls, exact, extract_choice, mcq, normalise, score, vqa
+
+CHOICES = {"A": "blue", "B": "red", "C": "green", "D": "dark red"}
+
+
+@pytest.mark.parametrize(("prediction", "expected"), [
+    ("B", "B"),
+    ("(B)", "B"),
+    ("B.", "B"),
+    ("B. red", "B"),
+    ("b)", "B"),
+    ("b", "B"),
+    (" C\n", "C"),
+    ("[C]", "C"),
+    ("C: green", "C"),
+    ("The answer is B", "B"),
+    ("The answer is (C).", "C"),
+    ("Answer: B", "B"),
+    ("answer: b", "B"),
+    ("Final answer: D", "D"),
+    ("The correct option is C, green.", "C"),
+    ("**B**", "B"),
+    ("`A`", "A"),
+    ("<answer>C</answer>", "C"),
+    ("Option A is wrong, so the answer is B.", "B"),
+    ("C\n\nThe shape is green, not red (B).", "C"),
+    ("red", "B"),
+    ("Red.", "B"),
+    ("dark red", "D"),
+    ("The shape is dark red.", "D"),
+    ("A red circle", "B"),
+    ("A green square.", "C"),
+    ("The answer is a green circle.", "C"),
+    ("I think C", "C"),
+    ("A is correct.", "A"),
+    ("I'd say D", "D"),
+    ("red or blue", None),
+    ("A or B", None),
+    ("E", None),
+    ("The answer is E", None),
+    ("I cannot tell from this image.", None),
+    ("", None),
+])
+def test_extract_choice(prediction: str, expected: str | None) -> None:
+    assert extract_choice(prediction, CHOICES) == expected
+
+
+def test_extract_choice_without_choices_is_none() -> None:
+    assert extract_choice("A", {}) is None
+
+
+@pytest.mark.parametrize(("prediction", "answer", "expected"), [
+    ("B", "B", 1.0),
+    ("The answer is B.", "B", 1.0),
+    ("red", "B", 1.0),
+    ("B", "b", 1.0),
+    ("C", "B", 0.0),
+    ("red or blue", "B", 0.0),
+    ("dark red", "B", 0.0),
+])
+def test_mcq(prediction: str, answer: str, expected: float) -> None:
+    assert mcq(prediction, answer, CHOICES) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("  The Cat  ", "cat"),
+    ("A dog.", "dog"),
+    ("an apple", "apple"),
+    ("Two", "2"),
+    ("twenty", "20"),
+    ("1,000", "1000"),
+    ("2.5", "2.5"),
+    ("It's red!", "its red"),
+    ("t-shirt", "t shirt"),
+    ("yes,\tno", "yes no"),
+])
+def test_normalise(text: str, expected: str) -> None:
+    assert normalise(text) == expected
+
+
+@pytest.mark.parametrize(("prediction", "answer", "expected"), [
+    ("cat", "cat", 1.0),
+    ("The cat.", "cat", 1.0),
+    ("  CAT ", "a cat", 1.0),
+    ("two", "2", 1.0),
+    ("2", "Two", 1.0),
+    ("dogs", "dog", 0.0),
+    ("a black cat", "cat", 0.0),
+    ("", "cat", 0.0),
+    ("cat", ("dog", "cat"), 1.0),
+    ("cow", ("dog", "cat"), 0.0),
+])
+def test_exact(prediction: str, answer: str | tuple[str, ...], expected: float) -> None:
+    assert exact(prediction, answer) == expected
+
+
+TEN = ("2", "2", "2", "two", "3", "3", "4", "2", "3", "many")
+
+
+@pytest.mark.parametrize(("prediction", "answers", "expected"), [
+    ("2", TEN, 1.0),
+    ("Two.", TEN, 1.0),
+    ("3", TEN, 1.0),
+    ("4", TEN, 1 / 3),
+    ("Many", TEN, 1 / 3),
+    ("5", TEN, 0.0),
+    ("yes", ("yes", "yes"), 2 / 3),
+    ("yes", "yes", 1 / 3),
+])
+def test_vqa(prediction: str, answers: tuple[str, ...] | str, expected: float) -> None:
+    assert vqa(prediction, answers) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("prediction", "answers", "expected"), [
+    ("invoice", ("invoice",), 1.0),
+    ("Invoice ", ("invoice",), 1.0),
+    ("invoice", "invoice", 1.0),
+    ("invoce", ("invoice",), 1 - 1 / 7),
+    ("abcd", ("abxy",), 0.0),
+    ("abcde", ("abcxy",), 0.6),
+    ("total", ("sum", "totals"), 1 - 1 / 6),
+    ("", ("invoice",), 0.0),
+    ("", ("",), 1.0),
+])
+def test_anls(prediction: str, answers: tuple[str, ...] | str, expected: float) -> None:
+    assert anls(prediction, answers) == pytest.approx(expected)
+
+
+def test_anls_threshold_is_adjustable() -> None:
+    assert anls("abcd", ("abxy",), threshold=0.6) == pytest.approx(0.5)
+
+
+def _item(scorer: str, answer: str | tuple[str, ...], choices: dict[str, str]) -> Item:
+    return Item(id="1", question="?", image=b"", image_mime="image/png", answer=answer,
+                choices=choices, hint=None, category=None, scorer=scorer)
+
+
+@pytest.mark.parametrize(("item", "prediction", "expected"), [
+    (_item("mcq", "B", CHOICES), "The answer is B", 1.0),
+    (_item("mcq", "B", CHOICES), "blue", 0.0),
+    (_item("exact", "cat", {}), "The cat", 1.0),
+    (_item("vqa", ("2", "2", "two"), {}), "2", 1.0),
+    (_item("anls", ("invoice",), {}), "invoce", 1 - 1 / 7),
+])
+def test_score_dispatches_on_the_items_scorer(item: Item, prediction: str,
+                                              expected: float) -> None:
+    assert score(item, prediction) == pytest.approx(expected)
+
+
+def test_score_rejects_an_unknown_scorer() -> None:
+    with pytest.raises(ValueError, match="unknown scorer 'bleu'"):
+        score(_item("bleu", "x", {}), "x")
