@@ -1,0 +1,202 @@
+"""RAM facts for the watchdog: the wrapper's process tree, the host, and the container's cgroup.
+
+Files read at 20 Hz (cgroup counters, /proc/meminfo) are opened once and re-read with
+``os.pread`` at offset 0: one system call per read instead of open/read/close.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+MB = 1024 * 1024
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+# cgroup v1 has no "unlimited" value: it reports the largest page-aligned long instead.
+_V1_UNLIMITED = 1 << 62
+# Walking the whole process table for children costs a read per process on the host (~2 ms for
+# 75 processes), so the tree is found again every 2 s; its members' RSS is read every sample.
+TREE_REFRESH_S = 2.0
+
+
+class _Reader:
+    """One file opened once; `read()` re-reads it from the start. A missing file reads as None."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+
+    def read(self, size: int = 65536) -> str | None:
+        if self._fd is None:
+            return None
+        try:
+            return os.pread(self._fd, size, 0).decode()
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _field(text: str | None, name: str) -> int | None:
+    """The integer after `name` in a "name value" per line file (memory.events, oom_control)."""
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(" ")
+        if key == name and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.strip().isdigit() else None
+
+
+@dataclass(frozen=True)
+class CgroupPaths:
+    """Where this process's memory cgroup lives: `version` 1 or 2 and its directory."""
+
+    version: int
+    directory: Path
+
+
+def find_cgroup(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> CgroupPaths | None:
+    """This process's memory cgroup from `proc_cgroup` (``/proc/self/cgroup``) under `root`.
+
+    v1 when a hierarchy lists the ``memory`` controller and ``root/memory`` exists, else v2 when
+    there is a ``0::`` line and ``root/cgroup.controllers`` exists. When the listed path is not
+    visible (a container whose cgroup is mounted as its root) the mount's top is used.
+    """
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(",") and (root / "memory").is_dir():
+            return CgroupPaths(1, _visible(root / "memory", path))
+    for line in lines:
+        if line.startswith("0::") and (root / "cgroup.controllers").exists():
+            return CgroupPaths(2, _visible(root, line[3:]))
+    return None
+
+
+def _visible(mount: Path, path: str) -> Path:
+    inner = mount / path.strip().lstrip("/")
+    return inner if inner.is_dir() else mount
+
+
+class RamReader:
+    """Reads RAM facts; keep one for the watchdog's life (it holds its files open)."""
+
+    def __init__(self, cgroup: CgroupPaths | None = None, *, detect: bool = True,
+                 meminfo: Path = Path("/proc/meminfo")) -> None:
+        """`cgroup` None with `detect` finds this process's cgroup with `find_cgroup`."""
+        self.cgroup = find_cgroup() if cgroup is None and detect else cgroup
+        names = {1: ("memory.usage_in_bytes", "memory.limit_in_bytes", "memory.oom_control"),
+                 2: ("memory.current", "memory.max", "memory.events")}
+        d = self.cgroup.directory if self.cgroup else None
+        self._cg = [_Reader(d / n) for n in names[self.cgroup.version]] if d and self.cgroup else []
+        self._meminfo = _Reader(meminfo)
+        self._tree_pid: int | None = None
+        self._tree: dict[int, _Reader] = {}  # pid -> its /proc/<pid>/statm, held open
+        self._tree_at = 0.0
+
+    def sample(self, pid: int | None) -> dict[str, Any]:
+        """RAM now, in MB unless named otherwise.
+
+        ``rss_mb`` of `pid` and its descendants (None without a live `pid`), ``host_used_mb``
+        (total minus available), ``host_available_mb``, ``host_total_mb``, ``cgroup_usage_mb``,
+        ``cgroup_limit_mb`` (None when unlimited) and ``oom_kills`` (a count; None where the
+        kernel does not report it).
+        """
+        total, available = self._host()
+        usage, limit, ooms = self._cgroup()
+        return {
+            "rss_mb": self._rss(pid),
+            "host_used_mb": _mb(None if total is None or available is None else total - available),
+            "host_available_mb": _mb(available),
+            "host_total_mb": _mb(total),
+            "cgroup_usage_mb": _mb(usage),
+            "cgroup_limit_mb": _mb(limit),
+            "oom_kills": ooms,
+        }
+
+    def tree_pids(self) -> list[int]:
+        """The pids found by the last sample's process tree (for attributing GPU memory)."""
+        return list(self._tree)
+
+    def _host(self) -> tuple[int | None, int | None]:
+        text = self._meminfo.read(512) or ""  # MemTotal, MemFree, MemAvailable come first
+        kb = {k: int(v.split()[0]) * 1024 for k, _, v in
+              (line.partition(":") for line in text.splitlines()[:3]) if v.strip()}
+        return kb.get("MemTotal"), kb.get("MemAvailable")
+
+    def _cgroup(self) -> tuple[int | None, int | None, int | None]:
+        if not self._cg or self.cgroup is None:
+            return None, None, None
+        usage, limit, events = (r.read() for r in self._cg)
+        lim = _int(limit)
+        if lim is not None and lim >= _V1_UNLIMITED:
+            lim = None
+        return _int(usage), lim, _field(events, "oom_kill")
+
+    def _rss(self, pid: int | None) -> float | None:
+        now = time.monotonic()
+        if pid != self._tree_pid or now - self._tree_at >= TREE_REFRESH_S:
+            pids = _tree(pid)
+            for gone in self._tree.keys() - pids:
+                self._tree.pop(gone).close()
+            self._tree |= {p: _Reader(Path(f"/proc/{p}/statm")) for p in pids - self._tree.keys()}
+            self._tree_pid, self._tree_at = pid, now
+        total = 0
+        # A held statm stays bound to its process: once it exits, reads fail even if the pid
+        # is reused, so a stranger's memory is never counted.
+        for p, statm in list(self._tree.items()):
+            pages = statm.read(128)
+            if pages is None:
+                self._tree.pop(p).close()
+                continue
+            total += int(pages.split()[1]) * _PAGE
+        return _mb(total) if self._tree else None
+
+    def close(self) -> None:
+        """Close the files held open."""
+        for r in [*self._cg, self._meminfo, *self._tree.values()]:
+            r.close()
+        self._tree.clear()
+
+
+def _tree(pid: int | None) -> set[int]:
+    if pid is None:
+        return set()
+    try:
+        root = psutil.Process(pid)
+        return {pid, *(p.pid for p in root.children(recursive=True))}
+    except psutil.Error:
+        return set()
+
+
+def _mb(n: int | None) -> float | None:
+    return None if n is None else round(n / MB, 3)
+
+
+_default: RamReader | None = None
+
+
+def ram_sample(pid: int | None) -> dict[str, Any]:
+    """`RamReader.sample` on a reader for this process's own cgroup, made on first use."""
+    global _default
+    if _default is None:
+        _default = RamReader()
+    return _default.sample(pid)

@@ -1,0 +1,157 @@
+"""RAM facts: fake cgroup v1 and v2 trees, the real cgroup here, and a real child's RSS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import psutil
+import pytest
+from vlmd_agent import memory
+from vlmd_agent.memory import CgroupPaths, RamReader, find_cgroup, ram_sample
+
+MB = 1024 * 1024
+V1_UNLIMITED = "9223372036854771712"
+
+
+def _write(directory: Path, files: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+
+def _v1(tmp_path: Path, limit: str = str(2048 * MB),
+        oom: str = "oom_kill 3\n") -> tuple[Path, Path]:
+    root, proc = tmp_path / "cg", tmp_path / "cgroup"
+    _write(root / "memory" / "docker" / "abc", {
+        "memory.usage_in_bytes": f"{512 * MB}\n", "memory.limit_in_bytes": f"{limit}\n",
+        "memory.oom_control": f"oom_kill_disable 0\nunder_oom 0\n{oom}"})
+    (root / "unified").mkdir()
+    proc.write_text("5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n1:name=systemd:/\n0::/\n")
+    return root, proc
+
+
+def _v2(tmp_path: Path, limit: str = "max") -> tuple[Path, Path]:
+    root, proc = tmp_path / "cg2", tmp_path / "cgroup2"
+    _write(root, {"cgroup.controllers": "cpu io memory pids\n"})
+    _write(root / "system.slice" / "run.scope", {
+        "memory.current": f"{300 * MB}\n", "memory.max": f"{limit}\n",
+        "memory.events": "low 0\nhigh 0\nmax 7\noom 2\noom_kill 1\noom_group_kill 0\n"})
+    proc.write_text("0::/system.slice/run.scope\n")
+    return root, proc
+
+
+def _reader(root: Path, proc: Path) -> RamReader:
+    return RamReader(find_cgroup(root, proc))
+
+
+def test_cgroup_v1_usage_limit_and_oom_kills(tmp_path: Path) -> None:
+    root, proc = _v1(tmp_path)
+    assert find_cgroup(root, proc) == CgroupPaths(1, root / "memory" / "docker" / "abc")
+    with closing(_reader(root, proc)) as r:
+        ram = r.sample(None)
+    assert (ram["cgroup_usage_mb"], ram["cgroup_limit_mb"], ram["oom_kills"]) == (512.0, 2048.0, 3)
+
+
+def test_cgroup_v1_unlimited_is_none_and_old_kernels_have_no_oom_count(tmp_path: Path) -> None:
+    root, proc = _v1(tmp_path, limit=V1_UNLIMITED, oom="")
+    with closing(_reader(root, proc)) as r:
+        ram = r.sample(None)
+    assert (ram["cgroup_usage_mb"], ram["cgroup_limit_mb"], ram["oom_kills"]) == (512.0, None, None)
+
+
+def test_cgroup_v2_usage_unlimited_and_oom_kill_counter(tmp_path: Path) -> None:
+    root, proc = _v2(tmp_path)
+    assert find_cgroup(root, proc) == CgroupPaths(2, root / "system.slice" / "run.scope")
+    with closing(_reader(root, proc)) as r:
+        ram = r.sample(None)
+    assert (ram["cgroup_usage_mb"], ram["cgroup_limit_mb"], ram["oom_kills"]) == (300.0, None, 1)
+
+
+def test_cgroup_v2_limit(tmp_path: Path) -> None:
+    root, proc = _v2(tmp_path, limit=str(8 * 1024 * MB))
+    with closing(_reader(root, proc)) as r:
+        assert r.sample(None)["cgroup_limit_mb"] == 8192.0
+
+
+def test_cgroup_files_are_opened_once_and_reread(tmp_path: Path) -> None:
+    root, proc = _v2(tmp_path)
+    events = root / "system.slice" / "run.scope" / "memory.events"
+    me = psutil.Process()
+    with closing(_reader(root, proc)) as r:
+        r.sample(None)
+        fds = me.num_fds()
+        events.write_text("low 0\nhigh 0\nmax 9\noom 4\noom_kill 2\noom_group_kill 0\n")
+        (root / "system.slice" / "run.scope" / "memory.current").write_text(f"{310 * MB}\n")
+        ram = r.sample(None)
+        assert me.num_fds() == fds
+    assert (ram["oom_kills"], ram["cgroup_usage_mb"]) == (2, 310.0)
+
+
+def test_cgroup_path_not_visible_uses_the_mount_itself(tmp_path: Path) -> None:
+    # A container sees its own cgroup at the mount point, under a host path it cannot see.
+    root, proc = _v2(tmp_path)
+    proc.write_text("0::/kubepods/pod-1/ctr\n")
+    assert find_cgroup(root, proc) == CgroupPaths(2, root)
+
+
+def test_no_cgroup_gives_none_values(tmp_path: Path) -> None:
+    assert find_cgroup(tmp_path, tmp_path / "missing") is None
+    with closing(RamReader(None, detect=False)) as r:
+        ram = r.sample(None)
+    assert (ram["cgroup_usage_mb"], ram["cgroup_limit_mb"], ram["oom_kills"]) == (None,) * 3
+    assert ram["host_total_mb"] is not None and ram["host_total_mb"] > 0
+
+
+def test_real_sample_has_host_and_cgroup_facts() -> None:
+    ram = ram_sample(os.getpid())
+    assert set(ram) == {"rss_mb", "host_used_mb", "host_available_mb", "host_total_mb",
+                        "cgroup_usage_mb", "cgroup_limit_mb", "oom_kills"}
+    assert ram["rss_mb"] is not None and 5 < ram["rss_mb"] < ram["host_total_mb"]
+    assert ram["host_used_mb"] + ram["host_available_mb"] == pytest.approx(ram["host_total_mb"])
+    assert ram["cgroup_usage_mb"] is not None and ram["cgroup_usage_mb"] > 0
+    assert ram["oom_kills"] is None or ram["oom_kills"] >= 0
+
+
+def test_no_pid_or_a_dead_pid_has_no_rss() -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with closing(RamReader()) as r:
+        assert r.sample(None)["rss_mb"] is None
+        assert r.sample(dead.pid)["rss_mb"] is None
+
+
+HOG = ("import sys; b = b'x' * (120 * 1024 * 1024); print('ready', flush=True); "
+       "sys.stdin.read()")
+
+
+@pytest.fixture
+def grandchild_hog() -> Iterator[subprocess.Popen[str]]:
+    """A shell child whose own child holds 120 MB (touched) until stdin closes."""
+    cmd = f"{sys.executable} -c \"{HOG}\"; true"  # `; true` keeps sh from exec-ing python
+    proc = subprocess.Popen(["sh", "-c", cmd], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    yield proc
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(timeout=10)
+    proc.stdout.close()
+
+
+def test_rss_counts_the_whole_process_tree(grandchild_hog: subprocess.Popen[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "TREE_REFRESH_S", 0.0)
+    with closing(RamReader()) as r:
+        alone = psutil.Process().memory_info().rss / MB
+        tree = r.sample(os.getpid())["rss_mb"]
+        shell_tree = r.sample(grandchild_hog.pid)["rss_mb"]
+        pids = r.tree_pids()
+    assert tree is not None and shell_tree is not None
+    assert shell_tree > 120
+    assert tree >= alone + 120
+    assert len(pids) == 2 and grandchild_hog.pid in pids
