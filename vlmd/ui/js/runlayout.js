@@ -1,0 +1,49 @@
+// The markup of the run page's widgets, shared by run.html and replay.html.
+
+export const RUN_LAYOUT = `
+<section id="run-head" class="card">
+  <div class="head-line">
+    <h1 id="run-title">…</h1> <span class="status"></span>
+    <span class="sub" id="event-count"></span>
+  </div>
+  <div class="sub"><span class="model"></span> on <span class="dataset"></span></div>
+  <div class="progress-wrap"></div>
+  <dl class="figures">
+    <div><dt>items/s</dt><dd class="rate">—</dd></div>
+    <div><dt>ETA</dt><dd class="eta">—</dd></div>
+    <div><dt>accuracy</dt><dd class="accuracy">—</dd></div>
+    <div><dt>alerts</dt><dd class="alerts">0</dd></div>
+  </dl>
+  <div class="links"><a id="csv-link" href="#">answers.csv</a>
+    <a id="datasette-link" href="#" hidden>events in Datasette</a>
+    <a id="other-link" href="#"></a></div>
+</section>
+<section class="charts">
+  <figure><figcaption>GPU memory used, per device, and the wrapper's own (dashed)</figcaption>
+    <div id="chart-memory" class="chart"></div></figure>
+  <figure><figcaption>GPU utilisation</figcaption><div id="chart-util" class="chart"></div></figure>
+  <figure><figcaption>RAM: wrapper RSS and host used</figcaption><div id="chart-ram" class="chart"></div></figure>
+</section>
+<section class="hists">
+  <figure><figcaption>TTFT</figcaption><div id="hist-ttft" class="hist"></div></figure>
+  <figure><figcaption>TPOT</figcaption><div id="hist-tpot" class="hist"></div></figure>
+  <figure><figcaption>Peak VRAM delta</figcaption><div id="hist-vram" class="hist"></div></figure>
+</section>
+<section>
+  <h2>Alerts</h2>
+  <p id="no-alerts" class="empty">No alerts.</p>
+  <ol id="alerts" class="alerts-list" data-count="0"></ol>
+</section>
+<section>
+  <h2>Answers</h2>
+  <div class="table-controls">
+    <label>show <select id="answer-filter">
+      <option value="all">all</option><option value="correct">correct (score ≥ 0.5)</option>
+      <option value="wrong">wrong</option><option value="failed">failed</option>
+      <option value="unscored">unscored</option></select></label>
+    <button id="answers-prev">‹ prev</button><span id="answers-page"></span>
+    <button id="answers-next">next ›</button>
+  </div>
+  <div class="scroll"><table id="answers-table" class="grid" data-rows="0">
+    <thead><tr></tr></thead><tbody></tbody></table></div>
+</section>`;

@@ -1,0 +1,68 @@
+// The run's headline figures (status, progress bar, items/s, ETA, accuracy, alerts), shared by
+// the runs table and the run/replay pages. Every figure lives in an element with a stable class
+// inside `[data-run="RUN"]`, and the container carries data-done/-failed/-total/-status too.
+
+import { fmt, fmtDuration, fmtPct, h, setText } from "./util.js";
+
+/** The progress bar: done (green) then failed (red) segments, and "done / total (failed)". */
+export function progressBar() {
+  return h("div", { class: "progress" },
+    h("div", { class: "bar" }, h("div", { class: "seg-done" }), h("div", { class: "seg-failed" })),
+    h("div", { class: "counts" },
+      h("span", { class: "done" }, "0"), " / ", h("span", { class: "total" }, "?"),
+      h("span", { class: "failed-wrap" }, " (", h("span", { class: "failed" }, "0"), " failed)")));
+}
+
+/** A row of the runs table for `row` (a `GET /api/runs` entry or `RunState.toDict()`). */
+export function runTableRow(row) {
+  const label = row.name ? `${row.name}` : row.run;
+  const href = `run.html?run=${encodeURIComponent(row.run)}`;
+  const tr = h("tr", { dataset: { run: row.run } },
+    h("td", {}, h("a", { class: "run-link", href }, label),
+      h("div", { class: "sub run-id" }, row.name ? row.run : "")),
+    h("td", { class: "model" }), h("td", { class: "dataset" }),
+    h("td", {}, h("span", { class: "status" })),
+    h("td", { class: "progress-cell" }, progressBar()),
+    h("td", { class: "num rate" }), h("td", { class: "num eta" }),
+    h("td", { class: "num accuracy" }), h("td", { class: "num alerts" }),
+    h("td", {}, h("a", { href: `replay.html?run=${encodeURIComponent(row.run)}` }, "replay")));
+  updateRunFields(tr, row);
+  return tr;
+}
+
+/** Bring every figure inside `el` up to date with `row`; touches only what changed. */
+export function updateRunFields(el, row) {
+  const total = row.total;
+  const q = (cls) => el.querySelector(`.${cls}`);
+  el.dataset.done = row.done;
+  el.dataset.failed = row.failed;
+  el.dataset.total = total ?? "";
+  el.dataset.status = row.status;
+  setText(q("model"), row.model ?? "—");
+  setText(q("dataset"), row.dataset ?? "—");
+  const status = q("status");
+  if (status) {
+    setText(status, row.status);
+    status.className = `status st-${row.status}`;
+    status.title = row.reason ?? "";
+  }
+  setText(q("done"), String(row.done));
+  setText(q("failed"), String(row.failed));
+  setText(q("total"), total === null || total === undefined ? "?" : String(total));
+  const wrap = q("failed-wrap");
+  if (wrap) wrap.hidden = !row.failed;
+  const denom = Math.max(total || 0, row.done + row.failed, 1);
+  const segDone = q("seg-done");
+  const segFailed = q("seg-failed");
+  if (segDone) segDone.style.width = `${(100 * row.done) / denom}%`;
+  if (segFailed) segFailed.style.width = `${(100 * row.failed) / denom}%`;
+  setText(q("rate"), row.rate ? fmt(row.rate, 2) : "—");
+  setText(q("eta"), fmtDuration(row.eta_s));
+  setText(q("accuracy"), fmtPct(row.accuracy));
+  const alerts = q("alerts");
+  if (alerts) {
+    setText(alerts, String(row.alerts));
+    alerts.classList.toggle("has-alerts", row.alerts > 0);
+    alerts.title = row.last_alert ?? "";
+  }
+}
