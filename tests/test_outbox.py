@@ -1,0 +1,291 @@
+"""The agent's durable outbox against a real `vlmd serve`, real spool files and real signals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from vlmd_agent.outbox import Outbox
+
+from tests.conftest import TOKEN, DaemonProcess, start_daemon
+from tests.events import T0, completed
+
+FAST = (0.05, 0.5)  # backoff for tests: vlmd comes back soon
+
+CHILD = """
+import sys, threading
+from pathlib import Path
+from vlmd_agent.outbox import Outbox
+box = Outbox(Path(sys.argv[1]), sys.argv[2], "test-token", backoff=(0.05, 0.2)).start()
+for i in range(int(sys.argv[3])):
+    box.put({"key": f"r-child/item/{i}/0", "run": "r-child", "kind": "item.completed",
+             "ts": 1790000000.0 + i, "body": {"item": str(i), "answer": "B"}})
+print("spooled", box.backlog(), flush=True)
+threading.Event().wait()
+"""
+
+
+def free_port() -> int:
+    """A port nothing listens on (the kernel just handed it out)."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return int(s.getsockname()[1])
+
+
+def logged_keys(db: Path) -> list[str]:
+    """Every key in vlmd's event log, in seq order (read-only, beside the running daemon)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [k for (k,) in conn.execute("SELECT key FROM events ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s"
+        time.sleep(0.005)
+
+
+def items(run: str, n: int, start: int = 0, **extra: Any) -> list[dict[str, Any]]:
+    return [completed(run, i, **extra) for i in range(start, start + n)]
+
+
+def keys(events: list[dict[str, Any]]) -> list[str]:
+    return [e["key"] for e in events]
+
+
+def test_put_validates_and_a_bad_event_spools_nothing(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "spool.db", "http://127.0.0.1:9", TOKEN)
+    good = completed("r-val", 1)
+    with pytest.raises(ValueError, match=r"body\.answer: required field is missing"):
+        box.put({**good, "body": {"item": "1"}})
+    with pytest.raises(ValueError, match=r"event 1: ts"):
+        box.put_many([good, {**good, "key": "other", "ts": "yesterday"}])
+    with pytest.raises(ValueError, match=r"body\.score: must be finite"):
+        box.put({**good, "body": {**good["body"], "score": float("nan")}})
+    with pytest.raises(ValueError, match="not JSON"):
+        box.put({**good, "body": {**good["body"], "answer": "\ud800"}})
+    with pytest.raises(ValueError, match="not JSON"):
+        box.put({**good, "body": {**good["body"], "extra": {1, 2}}})
+    assert box.backlog() == 0
+    box.put(good)
+    box.put(good)
+    assert box.backlog() == 1
+    box.close()
+
+
+def test_events_put_while_vlmd_is_down_are_delivered_once_it_starts(tmp_path: Path) -> None:
+    port = free_port()
+    events = items("r-down", 300)
+    with Outbox(tmp_path / "spool.db", f"http://127.0.0.1:{port}", TOKEN, backoff=FAST) as box:
+        box.put_many(events[:100])
+        for e in events[100:]:
+            box.put(e)
+        wait_for(lambda: box.stats().retries >= 2)
+        assert box.backlog() == 300
+        assert "unreachable (ConnectError)" in (box.stats().last_error or "")
+        vlmd = start_daemon(tmp_path / "vlmd.db", port=port)
+        try:
+            assert box.flush(60)
+            assert box.backlog() == 0
+            stats = box.stats()
+            assert (stats.sent, stats.duplicates, stats.pending) == (300, 0, 0)
+            assert logged_keys(vlmd.db) == keys(events)
+        finally:
+            vlmd.stop()
+
+
+def test_sigkill_of_vlmd_mid_stream_then_restart_delivers_each_event_once(tmp_path: Path) -> None:
+    vlmd = start_daemon(tmp_path / "vlmd.db")
+    port = httpx.URL(vlmd.url).port
+    assert port is not None
+    events = items("r-kill", 2_000)
+    box = Outbox(tmp_path / "spool.db", vlmd.url, TOKEN, batch_max=10, backoff=FAST).start()
+    try:
+        box.put_many(events[:1_000])
+        wait_for(lambda: box.stats().sent > 0)
+        vlmd.stop(signal.SIGKILL)
+        assert 0 < box.stats().sent < 1_000, "the kill should land mid-stream"
+        box.put_many(events[1_000:])
+        vlmd = start_daemon(vlmd.db, port=port)
+        assert box.flush(120)
+        logged = logged_keys(vlmd.db)
+        assert len(logged) == len(set(logged)) == 2_000
+        assert set(logged) == set(keys(events))
+        assert box.stats().sent == 2_000  # every event acknowledged once, resends as duplicates
+    finally:
+        box.close()
+        vlmd.stop()
+
+
+def test_a_producer_killed_before_sending_leaves_its_events_to_the_next_outbox(
+        tmp_path: Path, daemon_proc: DaemonProcess) -> None:
+    spool = tmp_path / "spool.db"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(spool),
+                              f"http://127.0.0.1:{free_port()}", "500"],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "spooled 500\n"
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(30) == -signal.SIGKILL
+    child.stdout.close()
+    box = Outbox(spool, daemon_proc.url, TOKEN, backoff=FAST)
+    assert box.backlog() == 500
+    with box:
+        assert box.flush(60)
+    assert logged_keys(daemon_proc.db) == [f"r-child/item/{i}/0" for i in range(500)]
+
+
+def test_an_event_vlmd_refuses_goes_to_dead_and_the_rest_are_delivered(
+        tmp_path: Path, daemon_proc: DaemonProcess, caplog: pytest.LogCaptureFixture) -> None:
+    spool, events = tmp_path / "spool.db", items("r-dead", 10)
+    old = Outbox(spool, daemon_proc.url, TOKEN)
+    old.put_many(events[:5])
+    old.close()
+    # An event an older agent spooled that today's vlmd refuses: it sits amid good ones.
+    bad: dict[str, Any] = {"key": "r-dead/item/bad/0", "run": "r-dead", "kind": "item.completed",
+                           "ts": T0, "body": {"item": "bad"}}
+    with sqlite3.connect(spool) as conn:
+        conn.execute("INSERT INTO pending(key, event, queued) VALUES (?, ?, ?)",
+                     (bad["key"], json.dumps(bad), time.time()))
+    conn.close()
+    with Outbox(spool, daemon_proc.url, TOKEN, backoff=FAST) as box:
+        box.put_many(events[5:])
+        assert box.flush(30)
+        assert box.stats().dead == 1
+        [dead] = box.dead_letters()
+    assert (dead.key, json.loads(dead.event), dead.status) == (bad["key"], bad, 422)
+    assert "body.answer: required field is missing" in dead.error
+    assert logged_keys(daemon_proc.db) == keys(events)
+    assert any(r.levelno == logging.WARNING and bad["key"] in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_spooled_row_vlmd_cannot_parse_is_isolated_by_halving_and_buried(
+        tmp_path: Path, daemon_proc: DaemonProcess) -> None:
+    spool, events = tmp_path / "spool.db", items("r-garbled", 40)
+    Outbox(spool, daemon_proc.url, TOKEN).close()  # creates the spool's tables
+    with sqlite3.connect(spool) as conn:
+        rows = [(e["key"], json.dumps(e), time.time()) for e in events]
+        rows.insert(23, ("garbled", '{"key": "garbled", "torn', time.time()))
+        conn.executemany("INSERT INTO pending(key, event, queued) VALUES (?, ?, ?)", rows)
+    conn.close()
+    with Outbox(spool, daemon_proc.url, TOKEN, backoff=FAST) as box:
+        assert box.flush(30)
+        [dead] = box.dead_letters()
+        assert box.stats().dead == 1
+    assert (dead.key, dead.event, dead.status) == ("garbled", '{"key": "garbled", "torn', 400)
+    assert "not valid JSON" in dead.error
+    assert logged_keys(daemon_proc.db) == keys(events)
+
+
+def test_a_second_outbox_on_the_same_spool_is_refused(tmp_path: Path) -> None:
+    first = Outbox(tmp_path / "spool.db", "http://127.0.0.1:9", TOKEN)
+    with pytest.raises(RuntimeError, match="in use by another Outbox"):
+        Outbox(tmp_path / "spool.db", "http://127.0.0.1:9", TOKEN)
+    first.close()
+    Outbox(tmp_path / "spool.db", "http://127.0.0.1:9", TOKEN).close()
+
+
+def test_a_batch_too_large_for_vlmd_is_split_and_a_lone_oversized_event_goes_to_dead(
+        tmp_path: Path) -> None:
+    config = tmp_path / "small.toml"
+    config.write_text("[server]\nmax_body_mb = 0.02\n\n[datasette]\nenabled = false\n")
+    vlmd = start_daemon(tmp_path / "vlmd.db", extra=["--config", str(config)])
+    events = items("r-big", 200, question="q" * 400)
+    huge = completed("r-big", "huge", question="q" * 30_000)
+    try:
+        with Outbox(tmp_path / "spool.db", vlmd.url, TOKEN, backoff=FAST) as box:
+            box.put_many([*events[:100], huge, *events[100:]])
+            assert box.flush(60)
+            stats = box.stats()
+            [dead] = box.dead_letters()
+        assert logged_keys(vlmd.db) == keys(events)
+        assert (dead.key, dead.status) == (huge["key"], 413)
+        assert stats.batches >= 200 * 500 // 20_971  # every accepted batch fit under the limit
+        assert stats.sent == 200
+    finally:
+        vlmd.stop()
+
+
+def test_a_refused_token_keeps_the_events_and_says_so(
+        tmp_path: Path, daemon_proc: DaemonProcess, caplog: pytest.LogCaptureFixture) -> None:
+    spool, events = tmp_path / "spool.db", items("r-token", 10)
+    with Outbox(spool, daemon_proc.url, "wrong-token", backoff=FAST) as box:
+        box.put_many(events)
+        wait_for(lambda: "vlmd refused the token" in (box.stats().last_error or ""))
+        assert not box.flush(0.2)
+        assert box.backlog() == 10
+    assert any(r.levelno == logging.ERROR and "vlmd refused the token" in r.getMessage()
+               for r in caplog.records)
+    with Outbox(spool, daemon_proc.url, TOKEN, backoff=FAST) as fixed:
+        assert fixed.flush(30)
+    assert logged_keys(daemon_proc.db) == keys(events)
+
+
+def test_put_does_not_wait_while_the_sender_is_stuck_on_a_silent_server(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(30)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        box = Outbox(tmp_path / "spool.db", url, TOKEN, timeout_s=60, backoff=FAST).start()
+        events = items("r-stuck", 1_000)
+        box.put(events[0])
+        conn, _ = silent.accept()  # the sender's request now waits for an answer that never comes
+        started = time.monotonic()
+        for e in events[1:]:
+            box.put(e)
+        elapsed = time.monotonic() - started
+        assert box.backlog() == 1_000
+        assert elapsed < 20, f"999 puts took {elapsed:.1f} s"
+        conn.close()
+    box.close(flush_timeout=0)
+    again = Outbox(tmp_path / "spool.db", url, TOKEN)
+    assert again.backlog() == 1_000
+    again.close()
+
+
+def test_a_lone_event_is_sent_within_flush_s_without_flush(
+        tmp_path: Path, daemon_proc: DaemonProcess) -> None:
+    with Outbox(tmp_path / "spool.db", daemon_proc.url, TOKEN, flush_s=0.05) as box:
+        box.put(completed("r-lone", 1))
+        wait_for(lambda: box.stats().batches == 1, timeout=10)
+        assert box.backlog() == 0
+        assert box.stats().oldest_pending_age_s is None
+    assert logged_keys(daemon_proc.db) == ["r-lone/item/1/0"]
+
+
+def test_put_latency_and_delivery_rate_to_a_local_vlmd(
+        tmp_path: Path, daemon_proc: DaemonProcess) -> None:
+    events = items("r-perf", 5_000)
+    latencies = []
+    with Outbox(tmp_path / "spool.db", daemon_proc.url, TOKEN) as box:
+        started = time.perf_counter()
+        for e in events:
+            t = time.perf_counter_ns()
+            box.put(e)
+            latencies.append(time.perf_counter_ns() - t)
+        assert box.flush(120)
+        elapsed = time.perf_counter() - started
+        stats = box.stats()
+    median_us = statistics.median(latencies) / 1_000
+    print(f"\nmedian put() {median_us:.1f} us, p99 "
+          f"{statistics.quantiles(latencies, n=100)[98] / 1_000:.1f} us; delivered "
+          f"{len(events) / elapsed:,.0f} events/s in {stats.batches} batches")
+    assert stats.sent == 5_000
+    assert len(logged_keys(daemon_proc.db)) == 5_000
+    assert median_us < 50_000  # a sanity bound, not a benchmark
