@@ -11,7 +11,7 @@ import trio
 
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, submitted
-from tests.wsclient import Closed, WsClient, open_ws
+from vlmd.wsclient import Closed, WsClient, open_ws
 from vlmd.daemon import Daemon, serve
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}

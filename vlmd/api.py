@@ -23,11 +23,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from vlmd_agent import wire
 
+from vlmd import submit
 from vlmd.feed import Frame, Subscription, encode
+from vlmd.launcher import Launcher
 from vlmd.live import Live
+from vlmd.metrics import route as metrics_route
 from vlmd.projections import answers
 from vlmd.projections.summary import summarize
 from vlmd.projections.tracker import RunState
+from vlmd.replay import Replays
 
 UI_DIR = Path(__file__).parent / "ui"
 BACKLOG_FRAME = 1_000
@@ -61,6 +65,7 @@ class Api:
         self.token = token.encode()
         self.max_body = max_body
         self._summaries: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.launcher: Launcher | None = None
 
     def authorize(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -118,6 +123,33 @@ class Api:
         return _json({"appended": len(done.events), "duplicates": done.duplicates,
                       "last_seq": done.last_seq})
 
+    async def submit_run(self, request: Request) -> Response:
+        self.authorize(request)
+        if self.launcher is None:
+            raise ApiError(503, "this vlmd has no launcher; start agents yourself")
+        try:
+            spec = submit.parse(orjson.loads(await self.read_body(request)))
+        except orjson.JSONDecodeError as e:
+            raise ApiError(400, f"body is not valid JSON: {e}") from None
+        except submit.SubmitError as e:
+            raise ApiError(422, str(e)) from None
+        name = spec.options.get("name")
+        await self.live.append([submit.submitted_event(spec)])
+        await self.launcher.launch(spec)
+        return _json({"run": spec.run, "name": name, "status": "submitted",
+                      "shards": spec.shards, "head": self.live.head}, 201)
+
+    async def cancel_run(self, request: Request) -> Response:
+        self.authorize(request)
+        state = self.run_state(request.path_params["run"])
+        if state.status in ("finished", "failed", "cancelled"):
+            raise ApiError(409, f"run {state.run} is already {state.status}")
+        stopped = await self.launcher.cancel(state.run) if self.launcher else 0
+        await self.live.append([wire.envelope(state.run, "run.cancelled",
+                                              {"reason": "cancelled by the user"},
+                                              key=f"{state.run}/cancelled")])
+        return _json({"run": state.run, "status": "cancelled", "agents_stopped": stopped})
+
     async def list_runs(self, request: Request) -> Response:
         runs = []
         for state in self.live.tracker.runs.values():
@@ -130,6 +162,15 @@ class Api:
         state = self.run_state(request.path_params["run"])
         return _json({**state.to_dict(), "summary": self.summary(state),
                       "head": self.live.head})
+
+    async def run_items(self, request: Request) -> Response:
+        state = self.run_state(request.path_params["run"])
+        status = request.query_params.get("status", "all")
+        wanted = {"completed": (True,), "failed": (False,), "all": (True, False)}.get(status)
+        if wanted is None:
+            raise ApiError(400, f"status must be completed, failed or all, not {status[:40]!r}")
+        return _json({"run": state.run, "status": status,
+                      "items": [i for i, r in state.items.items() if r.ok in wanted]})
 
     async def answers_csv(self, request: Request) -> Response:
         state = self.run_state(request.path_params["run"])
@@ -168,6 +209,7 @@ class Api:
     async def healthz(self, request: Request) -> Response:
         return _json({"ok": True, "last_seq": self.live.head, "runs": len(self.live.tracker.runs),
                       "feed_clients": len(self.live.feed.subscribers),
+                      "datasette_url": self.live.datasette_url,
                       "uptime_s": time.time() - self.live.started_at})
 
     async def feed(self, ws: WebSocket) -> None:
@@ -240,17 +282,27 @@ def _guard(handler: Handler) -> Handler:
     return guarded
 
 
-def build_app(live: Live, token: str, *, max_body: int) -> Starlette:
-    """The Starlette app over `live`; writes need `token`; bodies are capped at `max_body`."""
+def build_app(live: Live, token: str, *, max_body: int,
+              launcher: Launcher | None = None) -> Starlette:
+    """The Starlette app over `live`; writes need `token`; bodies are capped at `max_body`;
+    submitted runs are started by `launcher` (without one, submissions are refused)."""
     api = Api(live, token, max_body)
+    api.launcher = launcher
+    replays = Replays(live, api.authorize, api.read_body)
     routes = [
         Route("/api/events", _guard(api.post_events), methods=["POST"]),
         Route("/events", _guard(api.post_events), methods=["POST"]),
         Route("/api/runs", _guard(api.list_runs), methods=["GET"]),
+        Route("/api/runs", _guard(api.submit_run), methods=["POST"]),
+        Route("/api/runs/{run}/cancel", _guard(api.cancel_run), methods=["POST"]),
         Route("/api/runs/{run}", _guard(api.get_run), methods=["GET"]),
+        Route("/api/runs/{run}/items", _guard(api.run_items), methods=["GET"]),
         Route("/api/runs/{run}/answers.csv", _guard(api.answers_csv), methods=["GET"]),
         Route("/api/events", _guard(api.list_events), methods=["GET"]),
         Route("/healthz", _guard(api.healthz), methods=["GET"]),
+        Route("/metrics", metrics_route(live), methods=["GET"]),
+        Route("/api/replay", _guard(replays.post), methods=["POST"]),
+        WebSocketRoute("/api/replay", replays.feed),
         WebSocketRoute("/api/feed", api.feed),
         Mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui"),
     ]

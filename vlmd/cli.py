@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+import orjson
 import trio
 
+from vlmd import datasette, export, replay
 from vlmd.config import Config, ConfigError
 from vlmd.daemon import serve
+from vlmd.log import EventLog
+from vlmd.projections.summary import summarize
 
 Command = Callable[[argparse.Namespace, Config], int]
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None]]] = {}
@@ -110,8 +117,162 @@ def cmd_runs(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _log_file(args: argparse.Namespace, config: Config) -> EventLog:
+    try:
+        return replay.open_readonly(args.db or config.log.path)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+
+
+def _run_id(event_log: EventLog, run: str) -> str:
+    found = replay.resolve_run(event_log, run)
+    if found is None:
+        raise CliError(f"no run {run!r} in {event_log.path} (neither an id nor a name)")
+    return found
+
+
+def _db_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--db", metavar="FILE", help=f"{what} (default: log.path); any copy works")
+
+
+def _replay_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run id or name")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="time factor: 10 plays ten times faster than it happened (default 1)")
+    p.add_argument("--db", metavar="FILE",
+                   help="read the run from this log file (default: ask the daemon)")
+
+
+@command("replay", _replay_args)
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    """Play a past run's events to the daemon's replay channel, spaced as they happened.
+
+    Nothing is appended to the log; dashboards follow it at WS /api/replay?run=RUN.
+
+    Example:
+        vlmd replay nightly --speed 20
+        vlmd replay r-7f3a2b9c01 --speed 100 --db /backup/vlmd-2026-01.db
+    """
+    if not args.speed > 0:
+        raise CliError("--speed must be a number above 0")
+    if args.db:
+        event_log = _log_file(args, config)
+        run = _run_id(event_log, args.run)
+        events = [replay.event_dict(e) for e in event_log.read(run=run)]
+    else:
+        run = _get(config, f"/api/runs/{quote(args.run, safe='')}")["run"]
+        events, after = [], 0
+        while page := _get(config, f"/api/events?run={quote(run)}&after={after}&limit=100000"):
+            events += page
+            after = page[-1]["seq"]
+    with _client(config) as client:
+        def send(batch: list[Any]) -> None:
+            r = client.post("/api/replay", content=orjson.dumps(batch),
+                            headers={"content-type": "application/json"})
+            if r.status_code >= 400:
+                raise CliError(f"vlmd answered {r.status_code}: {r.text[:500]}")
+
+        try:
+            took = replay.play(events, args.speed, send)
+        except httpx.TransportError as e:
+            raise CliError(f"cannot reach vlmd at {config.url} ({e})") from None
+    print(f"replayed {len(events)} events of {run} in {took:.2f} s (speed {args.speed:g})")
+    return 0
+
+
+def _state_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", metavar="RUN", help="one run (id or name); default: all")
+    p.add_argument("--at", metavar="SEQ|TIME",
+                   help="a seq (digits), or a time: ISO 8601 or @EPOCH seconds (default: now)")
+    _db_arg(p, "log file to read")
+
+
+@command("state", _state_args)
+def cmd_state(args: argparse.Namespace, config: Config) -> int:
+    """Print the TaskTracker state as JSON, now or as it was at a seq or a time.
+
+    Reads the log file directly (no daemon needed) and folds the prefix up to that point.
+
+    Example:
+        vlmd state --at 12000 nightly
+        vlmd state --at 2026-09-18T14:30:00
+    """
+    event_log = _log_file(args, config)
+    seq = None
+    if args.at:
+        try:
+            seq, when = replay.parse_at(args.at)
+        except ValueError:
+            raise CliError(f"--at {args.at!r}: expected a seq, @EPOCH or an ISO 8601 time"
+                           ) from None
+        if when is not None:
+            seq = replay.seq_at_time(event_log, when)
+    folded = replay.state_at(event_log, seq)
+    if args.run:
+        state = folded.find(args.run)
+        if state is None:
+            raise CliError(f"no run {args.run!r} in the log up to seq {folded.last_seq}")
+        out: dict[str, Any] = {**state.to_dict(), "summary": summarize(state)}
+    else:
+        out = {"last_seq": folded.last_seq, "runs": [s.to_dict() for s in folded.runs.values()]}
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run id or name")
+    p.add_argument("--format", choices=export.FORMATS, default="csv", help="(default: csv)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    _db_arg(p, "log file to read")
+
+
+@command("export", _export_args)
+def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    """Write a run's answers (the answers.csv rows) as CSV, JSON Lines or Parquet.
+
+    Parquet needs pyarrow (pip install pyarrow).
+
+    Example:
+        vlmd export nightly --format jsonl -o nightly.jsonl
+    """
+    event_log = _log_file(args, config)
+    buf = io.BytesIO()
+    try:
+        n = export.write(export.rows(event_log, _run_id(event_log, args.run)), args.format, buf)
+    except export.ExportError as e:
+        raise CliError(str(e)) from None
+    if args.output:
+        Path(args.output).write_bytes(buf.getvalue())
+    else:
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+    print(f"exported {n} rows as {args.format}", file=sys.stderr)
+    return 0
+
+
+def _datasette_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("db", nargs="?", metavar="DB", help="log file (default: log.path)")
+    p.add_argument("--port", type=int, help="port (default: datasette.port, 8471; 0 picks one)")
+
+
+@command("datasette", _datasette_args)
+def cmd_datasette(args: argparse.Namespace, config: Config) -> int:
+    """Browse an event log in Datasette, read-only, until Ctrl-C: the live log or an old copy.
+
+    Example:
+        vlmd datasette
+        vlmd datasette /backup/vlmd-2026-01.db --port 8472
+    """
+    db = Path(args.db or config.log.path)
+    if not db.is_file():
+        raise CliError(f"{db}: no such event log")
+    return datasette.run_foreground(db, config.datasette.port if args.port is None else args.port)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser: shared options on every subcommand."""
+    from vlmd import cli_run  # noqa: F401  (its commands register themselves)
+
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--config", metavar="PATH",
                         help="vlmd.toml (default: $VLMD_CONFIG, else ./vlmd.toml, else defaults)")

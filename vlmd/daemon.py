@@ -18,9 +18,11 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from vlmd import datasette, liveness, notify
 from vlmd.api import build_app
 from vlmd.config import Config
 from vlmd.feed import Feed
+from vlmd.launcher import LocalLauncher
 from vlmd.live import Live
 from vlmd.log import EventLog
 
@@ -63,21 +65,36 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
         partial(EventLog.open, config.log.path, synchronous=config.log.synchronous))
     try:
         live = Live(event_log, Feed(config.server.feed_buffer))
+        live.liveness = liveness.Liveness(config.watchdog.heartbeat_s)
         await live.rebuild()
         token = config.resolve_token()
-        app = build_app(live, token, max_body=int(config.server.max_body_mb * 1024 * 1024))
+        launcher = LocalLauncher(config, config.url, token, live.append)
+        app = build_app(live, token, max_body=int(config.server.max_body_mb * 1024 * 1024),
+                        launcher=launcher)
         shutdown = trio.Event() if shutdown is None else shutdown
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(hypercorn.trio.serve, app,
                                                 _hypercorn_config(config),
                                                 shutdown_trigger=shutdown.wait))
             url = binds[0].replace("0.0.0.0", "127.0.0.1")
-            log.info("listening on %s (log %s: %d events, %d runs)", url, event_log.path,
-                     live.head, len(live.tracker.runs))
-            task_status.started(Daemon(url, live, token, shutdown))
-            await shutdown.wait()
-            log.info("stopping: finishing in-flight requests")
-            live.feed.close()
+            launcher.url = url
+            async with trio.open_nursery() as services:
+                await services.start(launcher.run)
+                await services.start(liveness.watch, live.liveness, live.append)
+                if config.datasette.enabled:
+                    live.datasette_url = await services.start(
+                        datasette.supervise, config.log.path, config.datasette.port) or None
+                await services.start(notify.keep_alive, live)
+                log.info("listening on %s (log %s: %d events, %d runs)", url, event_log.path,
+                         live.head, len(live.tracker.runs))
+                task_status.started(Daemon(url, live, token, shutdown))
+                notify.notify(f"READY=1\nSTATUS={notify.status_line(live, 0.0)}")
+                await shutdown.wait()
+                notify.notify("STOPPING=1")
+                log.info("stopping: finishing in-flight requests")
+                live.feed.close()
+                live.replays.close()
+                services.cancel_scope.cancel()
     finally:
         event_log.close()
     log.info("stopped; the log is closed cleanly at seq %d", live.head)

@@ -14,7 +14,9 @@ from typing import Any
 import trio
 
 from vlmd.feed import Feed, Subscription
+from vlmd.liveness import Liveness
 from vlmd.log import Appended, EventLog
+from vlmd.metrics import Histogram, LatestGpus
 from vlmd.projections import tracker
 
 
@@ -26,6 +28,11 @@ class Live:
         self.feed = feed
         self.tracker = tracker.Tracker()
         self.appended_by_kind: Counter[str] = Counter()
+        self.ingest_latency = Histogram()
+        self.gpus = LatestGpus()
+        self.replays = Feed(feed.buffer)  # replayed past events: never appended, never in `feed`
+        self.datasette_url: str | None = None
+        self.liveness: Liveness | None = None
         self.started_at = time.time()
         self._lock = trio.Lock()
 
@@ -36,8 +43,13 @@ class Live:
 
     async def rebuild(self) -> None:
         """Replay the whole log into a fresh tracker (at start-up)."""
+        now = trio.current_time()
+
         def replay() -> tracker.Tracker:
-            return tracker.fold(self.log.read(after=0))
+            events = self.gpus.watch(self.log.read(after=0))
+            if self.liveness is not None:
+                events = self.liveness.watch(events, now)
+            return tracker.fold(events)
         self.tracker = await trio.to_thread.run_sync(replay)
 
     async def append(self, events: Sequence[dict[str, Any]]) -> Appended:
@@ -49,12 +61,16 @@ class Live:
         """
         with trio.CancelScope(shield=True):
             async with self._lock:
-                received = time.time()
+                received, began = time.time(), time.perf_counter()
                 done = await trio.to_thread.run_sync(self.log.append, events, received)
                 for event in done.events:
                     tracker.apply(self.tracker, event)
                     self.appended_by_kind[event.kind] += 1
+                    self.gpus.apply(event)
+                if self.liveness is not None:
+                    self.liveness.observe(done.events, trio.current_time())
                 self.feed.publish(done.events)
+                self.ingest_latency.observe(time.perf_counter() - began)
         return done
 
     def subscribe(self, run: str | None) -> Subscription:

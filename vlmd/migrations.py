@@ -8,6 +8,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from vlmd import views
+
 Migration = tuple[str, tuple[str, ...]]
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -28,6 +30,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         """CREATE TRIGGER events_no_delete BEFORE DELETE ON events
            BEGIN SELECT RAISE(ABORT, 'events is append-only: DELETE is not allowed'); END""",
     )),
+    ("0002_views", views.STATEMENTS),
 )
 
 

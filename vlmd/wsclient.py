@@ -1,4 +1,4 @@
-"""A small WebSocket client for tests, on trio + wsproto, that always closes its socket."""
+"""A small WebSocket client on trio + wsproto (for `vlmd run` and tests); it always closes its socket."""
 
 from __future__ import annotations
 

@@ -192,6 +192,8 @@ def _ended(s: RunState, e: Event, t: Tracker) -> None:
     else:
         s.ended = status
         s.finished_at = e.ts
+        if status != "cancelled":
+            s.shards = dict.fromkeys(s.shards, status)
     if status != "finished":
         s.reason = e.body.get("reason") or s.reason
 

@@ -1,0 +1,226 @@
+"""In-process transformers backend (``hf:PATH``): a local image-text-to-text model folder.
+
+The model and processor load through `AutoProcessor` / `AutoModelForImageTextToText` with
+``local_files_only=True``: nothing is fetched from a hub. Decoding is greedy. A streamer that
+``generate`` calls once per new token timestamps each token, so TTFT is the time from the start
+of the request (image decoding and preprocessing included, as a server would count them) to the
+first generated token, and output tokens are counted from the model's own token ids
+(``tokens_source="tokenizer"``).
+
+VRAM: on CUDA the peak delta is exact, from PyTorch's allocator (`_measure_cuda`); on CPU no
+VRAM is measured and the fields stay ``None`` with a note saying so.
+
+torch, transformers and Pillow are the agent's optional ``hf`` extra, imported here only.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .base import BackendError, Generation, Request, gaps_ms, ms, now_ns, tpot_ms
+
+MIB = float(1 << 20)
+CPU_NOTE = "cpu: no VRAM measured"
+
+
+@dataclass
+class _Memory:
+    """What the CUDA allocator said around one request, in MiB."""
+
+    before_mb: float | None = None
+    peak_delta_mb: float | None = None
+
+
+def _token_clock(base: type) -> type:
+    """A `BaseStreamer` subclass that records when each generated token arrives."""
+
+    class TokenClock(base):  # type: ignore[valid-type,misc]
+        def __init__(self) -> None:
+            self.prompt_seen = False
+            self.token_ns: list[int] = []
+
+        def put(self, value: Any) -> None:
+            # generate() first hands over the prompt, then one tensor per decoding step.
+            # tolist() waits for the device, so the timestamp is when the token really exists.
+            ids = value.tolist()
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                return
+            stamp = now_ns()
+            count = len(ids) if isinstance(ids, list) else 1
+            self.token_ns.extend([stamp] * max(count, 1))
+
+        def end(self) -> None:
+            return None
+
+    return TokenClock
+
+
+class HFBackend:
+    """A transformers vision-language model running in this process.
+
+    ``max_new_tokens`` caps every request's own ``max_new_tokens``; ``timeout_s`` bounds one
+    generation (transformers' ``max_time``) and turns an overrun into a ``timeout`` failure.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        spec: str | None = None,
+        max_new_tokens: int = 32,
+        device: str = "auto",
+        timeout_s: float = 300.0,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers.generation.streamers import BaseStreamer
+
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"hf model folder not found: {folder}")
+        self.spec = spec or f"hf:{folder}"
+        self.max_new_tokens = max_new_tokens
+        self.timeout_s = timeout_s
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self._torch = torch
+        self._clock_type = _token_clock(BaseStreamer)
+        self.processor: Any = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        model: Any = AutoModelForImageTextToText.from_pretrained(
+            folder, local_files_only=True, dtype="auto"
+        )
+        self.model: Any = model.to(self.device).eval()
+
+    @property
+    def parameters(self) -> int:
+        """The number of model parameters."""
+        return int(sum(p.numel() for p in self.model.parameters()))
+
+    def generate(self, request: Request) -> Generation:
+        """Answer ``request`` greedily, timing every token; see the module docstring.
+
+        Errors:
+            BackendError: ``bad_input`` (undecodable image), ``oom`` (CUDA out of memory; the
+            cache is emptied so the next request can run), ``timeout``, ``backend_error``.
+        """
+        start = now_ns()
+        inputs = self._prepare(request)
+        limit = max(1, min(request.max_new_tokens, self.max_new_tokens))
+        prompt_len = int(inputs["input_ids"].shape[-1])
+        if self.device.type == "cuda":
+            output, clock, memory = self._measure_cuda(inputs, limit)
+        else:
+            output, clock = self._run(inputs, limit)
+            memory = _Memory()
+        end = now_ns()
+        e2e = ms(start, end)
+        if e2e >= self.timeout_s * 1000.0:
+            raise BackendError("timeout", f"generation took {e2e / 1000.0:.1f} s")
+        new_ids = output[0, prompt_len:]
+        text = self.processor.decode(new_ids, skip_special_tokens=True).strip()
+        tokens = len(clock.token_ns)
+        ttft = ms(start, clock.token_ns[0]) if tokens else None
+        on_cuda = self.device.type == "cuda"
+        return Generation(
+            text=text,
+            ttft_ms=ttft,
+            tpot_ms=tpot_ms(e2e, ttft, tokens),
+            e2e_ms=e2e,
+            input_tokens=prompt_len,
+            output_tokens=tokens,
+            tokens_source="tokenizer",
+            itl_ms=gaps_ms(clock.token_ns),
+            vram_before_mb=memory.before_mb,
+            vram_peak_delta_mb=memory.peak_delta_mb,
+            vram_source="torch.cuda" if on_cuda else None,
+            vram_note=None if on_cuda else CPU_NOTE,
+        )
+
+    def close(self) -> None:
+        """Drop the model and hand cached GPU memory back."""
+        self.model = None
+        gc.collect()
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+    def _prepare(self, request: Request) -> Any:
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(request.image)) as img:
+                img.load()
+                image = img.convert("RGB")
+        except Exception as exc:  # Pillow raises many types for undecodable input
+            raise BackendError("bad_input", f"cannot decode image: {exc}") from exc
+        text = self._prompt_text(request.prompt)
+        try:
+            inputs = self.processor(images=image, text=text, return_tensors="pt")
+        except Exception as exc:
+            raise BackendError("bad_input", f"processor rejected the input: {exc}") from exc
+        # BatchFeature.to casts only floating tensors (pixel values) to the model's dtype.
+        return inputs.to(self.device, dtype=self.model.dtype)
+
+    def _prompt_text(self, prompt: str) -> str:
+        if getattr(self.processor, "chat_template", None):
+            messages = [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+            ]
+            text = self.processor.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+            return str(text)
+        image_token = getattr(self.processor, "image_token", "<image>")
+        return f"{image_token}\n{prompt}"
+
+    def _run(self, inputs: Any, limit: int) -> tuple[Any, Any]:
+        clock = self._clock_type()
+        try:
+            with self._torch.inference_mode():
+                output = self.model.generate(
+                    **inputs,
+                    max_new_tokens=limit,
+                    do_sample=False,
+                    max_time=self.timeout_s,
+                    streamer=clock,
+                )
+        except BackendError:
+            raise
+        except self._torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            raise BackendError("backend_error", f"{type(exc).__name__}: {exc}") from exc
+        return output, clock
+
+    def _measure_cuda(self, inputs: Any, limit: int) -> tuple[Any, Any, _Memory]:
+        """Run one request on CUDA and measure its exact peak VRAM delta.
+
+        ``reset_peak_memory_stats`` before, ``max_memory_allocated - memory_allocated(before)``
+        after: the allocator's own bookkeeping, so short spikes are not missed (memory held by
+        the caching allocator or other processes is not counted; NVML covers that).
+        """
+        cuda = self._torch.cuda
+        device = self.device
+        oom: str | None = None
+        cuda.synchronize(device)
+        before = cuda.memory_allocated(device)
+        cuda.reset_peak_memory_stats(device)
+        try:
+            output, clock = self._run(inputs, limit)
+            cuda.synchronize(device)
+        except cuda.OutOfMemoryError as exc:
+            oom = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+        if oom is not None:
+            # Outside the except block the traceback (and the tensors its frames hold) is gone,
+            # so empty_cache can really return the memory and the run can go on.
+            gc.collect()
+            cuda.empty_cache()
+            raise BackendError("oom", oom)
+        peak = cuda.max_memory_allocated(device)
+        memory = _Memory(before_mb=before / MIB, peak_delta_mb=(peak - before) / MIB)
+        return output, clock, memory

@@ -1,0 +1,244 @@
+"""Tiny LLaVA-style demo models, built offline and deterministically.
+
+`build(name, directory)` writes a model folder that `AutoProcessor` and
+`AutoModelForImageTextToText` load like any local checkpoint, so the ``hf:`` backend (and
+``transformers serve``) run it through the same code path as a real VLM. Nothing is downloaded:
+the byte-level BPE tokenizer is trained in-process on a fixed corpus and the weights come from a
+fixed seed. The two models differ clearly in size and speed:
+
+- ``tiny``: 32x32 images, ~150k parameters.
+- ``small``: 64x64 images, a 4-layer 256-wide language model, several million parameters.
+
+The weights are untrained, so answers are arbitrary tokens; the models exist to exercise the
+pipeline and its metrics, not to score well.
+
+torch, transformers and tokenizers are the agent's optional ``hf`` extra: they are imported
+inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+RECIPE_VERSION = 1
+MANIFEST = "vlmd-demo-manifest.json"
+SEED = 0
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN)
+# A literal newline after a block tag is trimmed by the template engine; '\n' must be an expression.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] in ('image', 'image_url') %}<image>{{ '\\n' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """The shape of one demo model: image size, vision tower and language model widths."""
+
+    image_size: int
+    patch_size: int
+    vocab_size: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    text_intermediate: int
+
+
+SPECS: dict[str, DemoSpec] = {
+    "tiny": DemoSpec(
+        image_size=32, patch_size=8, vocab_size=400,
+        vision_hidden=32, vision_layers=2, vision_heads=2,
+        text_hidden=64, text_layers=2, text_heads=4, text_intermediate=128,
+    ),
+    "small": DemoSpec(
+        image_size=64, patch_size=8, vocab_size=512,
+        vision_hidden=128, vision_layers=4, vision_heads=4,
+        text_hidden=256, text_layers=4, text_heads=8, text_intermediate=688,
+    ),
+}
+
+
+def names() -> list[str]:
+    """The demo model names that `build` accepts."""
+    return sorted(SPECS)
+
+
+def build(name: str, directory: Path) -> Path:
+    """Build demo model ``name`` into ``directory / name`` and return that folder.
+
+    Idempotent: a manifest records the recipe and a SHA-256 of every file; when it matches what
+    is on disk the folder is returned untouched, otherwise it is rebuilt (into a temporary
+    folder, then renamed into place, so a crash never leaves a half-built model behind).
+    Two builds of the same name give byte-identical files.
+
+    Errors:
+        ValueError: ``name`` is not one of `names()`.
+    """
+    if name not in SPECS:
+        raise ValueError(f"unknown demo model {name!r}; known: {', '.join(names())}")
+    spec = SPECS[name]
+    target = Path(directory) / name
+    recipe = _recipe(name, spec)
+    if _is_current(target, recipe):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        _write_model(spec, staging)
+        files = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        manifest = {"recipe": recipe, "files": files}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+def _recipe(name: str, spec: DemoSpec) -> dict[str, Any]:
+    import transformers
+
+    return {
+        "name": name,
+        "recipe_version": RECIPE_VERSION,
+        "seed": SEED,
+        "spec": asdict(spec),
+        "transformers": transformers.__version__,
+    }
+
+
+def _is_current(target: Path, recipe: dict[str, Any]) -> bool:
+    manifest_path = target / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("recipe") != recipe:
+        return False
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return False
+    on_disk = {p.name for p in target.iterdir() if p.is_file()} - {MANIFEST}
+    if on_disk != set(files):
+        return False
+    return all(_sha256(target / fname) == digest for fname, digest in files.items())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _corpus() -> list[str]:
+    colours = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "grey"]
+    shapes = ["square", "circle", "triangle", "image", "picture", "background"]
+    lines = []
+    for colour in colours:
+        for shape in shapes:
+            lines.append(f"What colour is the {shape}? The {shape} is {colour}.")
+            lines.append(f"Question: Is the {shape} {colour}? Answer: yes. A. B. C. D.")
+    lines.append("user: assistant: Answer with the letter of the correct option.")
+    lines.append("0 1 2 3 4 5 6 7 8 9 , . ; : ! ? ( ) [ ] A B C D E")
+    return lines
+
+
+def _write_tokenizer(spec: DemoSpec) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
+
+
+def _write_model(spec: DemoSpec, folder: Path) -> None:
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = _write_tokenizer(spec)
+    side = spec.image_size
+    # The PIL variant: the default one wants torchvision and logs a warning without it.
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * 2,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=side,
+        patch_size=spec.patch_size,
+        projection_dim=spec.vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(SEED)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.do_sample = False
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)

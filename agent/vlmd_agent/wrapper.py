@@ -1,0 +1,198 @@
+"""The APIWrapper: runs a dataset (or one shard of it) through a model backend, one event per item.
+
+It runs as the watchdog's child process (``python -m vlmd_agent.wrapper CONFIG_JSON``) and
+talks to the watchdog through a status pipe (``$VLMD_STATUS_FD``): one JSON line per milestone
+(``loading``, ``ready``, ``item``, ``done``), so the watchdog knows when the last item finished.
+SIGUSR1 makes it dump every thread's Python stack to ``$VLMD_STACKS`` (faulthandler), which the
+watchdog attaches to a hang alert. SIGTERM stops it after the current item.
+
+Events go to vlmd through a durable outbox; an item's completion has a deterministic key
+(``RUN/item/ID/ok``), so an item redone after a crash is a duplicate in the log, never a second
+answer.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from vlmd_agent import datasets, scoring, wire
+from vlmd_agent.backends import BackendError, Request, load_backend
+from vlmd_agent.outbox import Outbox
+
+log = logging.getLogger("vlmd_agent.wrapper")
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 3
+EXIT_BACKEND = 4
+RESUME_TRIES_S = 30.0
+
+
+@dataclass(frozen=True)
+class WrapperConfig:
+    """What one wrapper process runs: the run, its model and dataset share, and where to report."""
+
+    url: str
+    run: str
+    model: str
+    dataset: str
+    spool: str
+    shard: str | None = None
+    limit: int | None = None
+    max_new_tokens: int = 32
+    device: str = "auto"
+    attempt: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WrapperConfig:
+        return cls(**json.loads(text))
+
+
+class Status:
+    """The status pipe to the watchdog; a no-op when the wrapper runs on its own."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+
+    def send(self, state: str, **extra: Any) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(json.dumps({"state": state, "t": time.time(), **extra}) + "\n")
+            self.stream.flush()
+        except OSError:
+            self.stream = None  # the watchdog is gone; keep evaluating, events still flow
+
+
+def completed_items(url: str, token: str, run: str, deadline_s: float = RESUME_TRIES_S) -> set[str]:
+    """Ids of the run's items vlmd already holds as completed (resume); empty for a new run.
+
+    Retries while vlmd is unreachable, then gives up (a redone item is a harmless duplicate).
+    """
+    deadline = time.monotonic() + deadline_s
+    delay = 0.2
+    while True:
+        try:
+            r = httpx.get(f"{url}/api/runs/{run}/items", params={"status": "completed"},
+                          headers={"authorization": f"Bearer {token}"}, timeout=10)
+            if r.status_code == 404:
+                return set()
+            r.raise_for_status()
+            return set(r.json()["items"])
+        except (httpx.HTTPError, KeyError, ValueError) as e:
+            if time.monotonic() + delay > deadline:
+                log.warning("cannot ask vlmd which items are done (%s); running them all", e)
+                return set()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def item_event(cfg: WrapperConfig, item: datasets.Item, backend: Any) -> dict[str, Any]:
+    """Run one item through the backend and build its ``item.completed``/``item.failed`` event."""
+    expected: str | list[str] = (item.answer if isinstance(item.answer, str)
+                                 else list(item.answer))
+    body: dict[str, Any] = {"item": item.id, "question": item.question, "expected": expected}
+    if cfg.shard:
+        body["shard"] = cfg.shard
+    request = Request(item.prompt(), item.image, item.image_mime, cfg.max_new_tokens)
+    try:
+        generation = backend.generate(request)
+    except BackendError as e:
+        body.update(reason=e.reason, message=e.message)
+        key = f"{cfg.run}/item/{item.id}/failed/{cfg.attempt}-{uuid.uuid4().hex[:8]}"
+        return wire.envelope(cfg.run, "item.failed", body, key=key)
+    body.update(answer=generation.text, score=scoring.score(item, generation.text),
+                **generation.metrics())
+    return wire.envelope(cfg.run, "item.completed", body, key=f"{cfg.run}/item/{item.id}/ok")
+
+
+def run(cfg: WrapperConfig, token: str, status: Status) -> int:
+    """Evaluate the shard; returns the process exit status."""
+    stop = {"requested": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    shard_body = {"shard": cfg.shard} if cfg.shard else {}
+    Path(cfg.spool).mkdir(parents=True, exist_ok=True)
+    with Outbox(Path(cfg.spool) / "wrapper.db", cfg.url, token) as box:
+        status.send("loading")
+        try:
+            data = datasets.load(cfg.dataset)
+            index, count = wire.shard_of(cfg.shard) if cfg.shard else (0, 1)
+            items = datasets.shard(data.items, index, count)[:cfg.limit]
+        except (datasets.DatasetError, ValueError, OSError) as e:
+            return _fail(box, cfg, shard_body, f"bad dataset: {e}", EXIT_BAD_INPUT, status)
+        done = completed_items(cfg.url, token, cfg.run)
+        try:
+            backend = load_backend(cfg.model, max_new_tokens=cfg.max_new_tokens, device=cfg.device)
+        except Exception as e:  # any load failure ends the run with the reason, not a traceback
+            return _fail(box, cfg, shard_body, f"cannot load {cfg.model}: {e}", EXIT_BACKEND,
+                         status)
+        box.put(wire.envelope(cfg.run, "run.started", {
+            "total": len(items), "host": socket.gethostname(), "pid": os.getpid(),
+            **shard_body}))
+        todo = [item for item in items if item.id not in done]
+        status.send("ready", total=len(items), todo=len(todo))
+        try:
+            for item in _until_stopped(todo, stop):
+                box.put(item_event(cfg, item, backend))
+                status.send("item", item=item.id)
+        finally:
+            backend.close()
+        if stop["requested"]:
+            status.send("stopped")
+            return EXIT_OK
+        box.put(wire.envelope(cfg.run, "run.finished", shard_body,
+                              key=f"{cfg.run}/finished/{cfg.shard or '0/1'}/{cfg.attempt}"))
+        status.send("flushing", backlog=box.backlog())
+    status.send("done")
+    return EXIT_OK
+
+
+def _until_stopped(items: Iterable[datasets.Item], stop: dict[str, bool]
+                   ) -> Iterable[datasets.Item]:
+    for item in items:
+        if stop["requested"]:
+            return
+        yield item
+
+
+def _fail(box: Outbox, cfg: WrapperConfig, shard_body: dict[str, Any], reason: str, code: int,
+          status: Status) -> int:
+    log.error("%s", reason)
+    box.put(wire.envelope(cfg.run, "run.failed", {"reason": reason, **shard_body}))
+    status.send("failed", reason=reason)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vlmd_agent.wrapper CONFIG_JSON``: the token comes from ``$VLMD_TOKEN``."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    cfg = WrapperConfig.from_json(args[0])
+    stacks = os.environ.get("VLMD_STACKS")
+    if stacks:
+        stacks_file = open(stacks, "w")  # noqa: SIM115 (kept open for faulthandler)
+        faulthandler.register(signal.SIGUSR1, file=stacks_file, all_threads=True)
+    fd = os.environ.get("VLMD_STATUS_FD")
+    status = Status(os.fdopen(int(fd), "w", buffering=1) if fd else None)
+    return run(cfg, os.environ.get("VLMD_TOKEN", ""), status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
