@@ -1,6 +1,8 @@
 """The HTTP and WebSocket API: `build_app` returns the Starlette app the daemon serves.
 
-Writes need ``Authorization: Bearer <token>``; reads are open (vlmd binds loopback by default).
+Writes need ``Authorization: Bearer <token>``; reads are open (vlmd binds loopback by default)
+unless ``server.read_token`` puts them behind the same token (the dashboard's static files stay
+public; WebSockets may pass it as ``?token=``, as browsers cannot set their headers).
 Every user mistake is a 4xx with a JSON ``{"error": ...}`` that says what is wrong.
 """
 
@@ -9,15 +11,15 @@ from __future__ import annotations
 import hmac
 import itertools
 import time
-from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import trio
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -25,8 +27,8 @@ from vlmd_agent import wire
 
 from vlmd import submit
 from vlmd.feed import Frame, Subscription, encode
-from vlmd.launcher import Launcher
-from vlmd.live import Live
+from vlmd.launcher import Launcher, LaunchError, LaunchSpec
+from vlmd.live import Live, WriteRefused
 from vlmd.metrics import route as metrics_route
 from vlmd.projections import answers
 from vlmd.projections.summary import summarize
@@ -36,6 +38,9 @@ from vlmd.replay import Replays
 UI_DIR = Path(__file__).parent / "ui"
 BACKLOG_FRAME = 1_000
 MAX_ERRORS_SHOWN = 20
+MAX_SEQ = 2**63 - 1  # SQLite's largest integer
+MAX_KINDS = 64  # kind filters per request (each is an SQL clause)
+DRAIN_FACTOR = 4  # bodies up to this many times the cap are read (and dropped) before a 413
 WS_TRY_AGAIN = 1013  # "Try Again Later": the client was too slow; reconnect with after=
 WS_GOING_AWAY = 1001
 WS_POLICY = 1008
@@ -60,36 +65,58 @@ def _error(exc: ApiError) -> Response:
 class Api:
     """The request handlers, over one `Live` state."""
 
-    def __init__(self, live: Live, token: str, max_body: int) -> None:
+    def __init__(self, live: Live, token: str, max_body: int, *, read_token: bool = False
+                 ) -> None:
         self.live = live
         self.token = token.encode()
         self.max_body = max_body
+        self.read_token = read_token
         self._summaries: dict[str, tuple[int, dict[str, Any]]] = {}
         self.launcher: Launcher | None = None
 
-    def authorize(self, request: Request) -> None:
-        header = request.headers.get("authorization", "")
+    def authorize(self, conn: HTTPConnection, *, query: bool = False) -> None:
+        """Raise 401 unless `conn` carries the token (compared in constant time): in the
+        ``Authorization: Bearer`` header, or with `query` also as ``?token=`` (WebSockets)."""
+        header = conn.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise ApiError(401, "missing token: send 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(given.strip().encode(), self.token):
+        given = given.strip() if scheme.lower() == "bearer" else ""
+        if not given and query:
+            given = conn.query_params.get("token", "")
+        if not given:
+            raise ApiError(401, "missing token: send 'Authorization: Bearer <token>'"
+                           + (" or ?token=" if query else ""))
+        if not hmac.compare_digest(given.encode(), self.token):
             raise ApiError(401, "wrong token")
 
+    def authorize_read(self, conn: HTTPConnection, *, query: bool = False) -> None:
+        """`authorize` when ``server.read_token`` is on; reads are open otherwise."""
+        if self.read_token:
+            self.authorize(conn, query=query)
+
     async def read_body(self, request: Request) -> bytes:
+        """The body, at most `max_body` bytes (else 413).
+
+        A body up to `DRAIN_FACTOR` times the cap is read to its end and dropped before the
+        413, so the client sees the answer (an agent then halves its batch) instead of a reset
+        connection; a bigger one is cut off at once.
+        """
         length = request.headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 raise ApiError(400, f"bad Content-Length {length[:40]!r}")
-            if int(length) > self.max_body:
+            if int(length) > DRAIN_FACTOR * self.max_body:
                 raise ApiError(413, f"request body of {length} bytes is over the "
                                     f"{self.max_body}-byte limit; send smaller batches")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > self.max_body:
-                raise ApiError(413, f"request body is over the {self.max_body}-byte limit; "
-                                    "send smaller batches")
-            chunks.append(chunk)
+            if size <= self.max_body:
+                chunks.append(chunk)
+            elif size > DRAIN_FACTOR * self.max_body:
+                break
+        if size > self.max_body:
+            raise ApiError(413, f"request body is over the {self.max_body}-byte limit; "
+                                "send smaller batches")
         return b"".join(chunks)
 
     def run_state(self, run: str) -> RunState:
@@ -133,6 +160,8 @@ class Api:
             raise ApiError(400, f"body is not valid JSON: {e}") from None
         except submit.SubmitError as e:
             raise ApiError(422, str(e)) from None
+        except OSError as e:  # e.g. a dataset path too long for the file system
+            raise ApiError(422, f"dataset: cannot use that path ({e.strerror})") from None
         name = spec.options.get("name")
         await self.live.append([submit.submitted_event(spec)])
         await self.launcher.launch(spec)
@@ -144,11 +173,40 @@ class Api:
         state = self.run_state(request.path_params["run"])
         if state.status in ("finished", "failed", "cancelled"):
             raise ApiError(409, f"run {state.run} is already {state.status}")
-        stopped = await self.launcher.cancel(state.run) if self.launcher else 0
+        try:
+            stopped = await self.launcher.cancel(state.run) if self.launcher else 0
+        except LaunchError as e:
+            raise ApiError(502, f"cannot stop the run's agents: {e}") from None
         await self.live.append([wire.envelope(state.run, "run.cancelled",
                                               {"reason": "cancelled by the user"},
                                               key=f"{state.run}/cancelled")])
         return _json({"run": state.run, "status": "cancelled", "agents_stopped": stopped})
+
+    async def resume_run(self, request: Request) -> Response:
+        """Start the shards of a run that did not finish again; they skip completed items."""
+        self.authorize(request)
+        state = self.run_state(request.path_params["run"])
+        if self.launcher is None:
+            raise ApiError(503, "this vlmd has no launcher; start agents yourself")
+        log = self.live.log
+        submitted = await trio.to_thread.run_sync(
+            lambda: next(log.read(run=state.run, kinds=["run.submitted"], limit=1), None))
+        if submitted is None:
+            raise ApiError(409, f"run {state.run} was not submitted through vlmd; "
+                                "restart its agents where they ran")
+        spec = LaunchSpec.from_submitted(state.run, submitted.body)
+        todo = [i for i in range(spec.shards)
+                if state.shards.get(f"{i}/{spec.shards}") != "finished"]
+        if not todo:
+            raise ApiError(409, f"run {state.run}: every shard has finished")
+        try:
+            started = await self.launcher.resume(spec, todo)
+        except LaunchError as e:
+            raise ApiError(502, f"cannot resume run {state.run}: {e}") from None
+        if not started:
+            raise ApiError(409, f"run {state.run}: its unfinished shards are still running")
+        return _json({"run": state.run, "status": "resumed",
+                      "shards": [f"{i}/{spec.shards}" for i in started], "head": self.live.head})
 
     async def list_runs(self, request: Request) -> Response:
         runs = []
@@ -191,13 +249,15 @@ class Api:
             limit = min(int(q.get("limit", "10000")), 100_000)
         except ValueError:
             raise ApiError(400, "after and limit must be integers") from None
-        if after < 0 or limit < 1:
-            raise ApiError(400, "after must be >= 0 and limit >= 1")
+        if not 0 <= after <= MAX_SEQ or limit < 1:
+            raise ApiError(400, f"after must be from 0 to {MAX_SEQ} and limit >= 1")
         run = q.get("run") or None
         if run is not None:
             found = self.live.tracker.find(run)
             run = found.run if found else run
         kinds = q.getlist("kind") or None
+        if kinds is not None and len(kinds) > MAX_KINDS:
+            raise ApiError(400, f"at most {MAX_KINDS} kind filters, not {len(kinds)}")
         log = self.live.log
 
         def read() -> bytes:
@@ -207,7 +267,15 @@ class Api:
         return Response(await trio.to_thread.run_sync(read), media_type="application/json")
 
     async def healthz(self, request: Request) -> Response:
-        return _json({"ok": True, "last_seq": self.live.head, "runs": len(self.live.tracker.runs),
+        """Open to all (probes, `vlmd run`); with ``read_token`` the details need the token.
+        ``ok`` is false while the log refuses writes, and ``write_error`` says why."""
+        health = {"ok": self.live.write_error is None, "write_error": self.live.write_error}
+        try:
+            self.authorize_read(request)
+        except ApiError:
+            return _json(health)
+        return _json({**health, "last_seq": self.live.head,
+                      "runs": len(self.live.tracker.runs),
                       "feed_clients": len(self.live.feed.subscribers),
                       "datasette_url": self.live.datasette_url,
                       "uptime_s": time.time() - self.live.started_at})
@@ -216,8 +284,9 @@ class Api:
         await ws.accept()
         after_text = ws.query_params.get("after")
         run = ws.query_params.get("run") or None
-        if after_text is not None and not after_text.isdigit():
-            await ws.close(WS_POLICY, f"after must be a non-negative integer, not {after_text[:40]!r}")
+        if after_text is not None and not (after_text.isascii() and after_text.isdigit()):
+            await ws.close(WS_POLICY, _reason(f"after must be a non-negative integer, "
+                                              f"not {after_text[:40]!r}"))
             return
         if run is not None:
             found = self.live.tracker.find(run)
@@ -264,6 +333,11 @@ class Api:
             yield encode(events)
 
 
+def _reason(text: str) -> str:
+    """`text` cut to the 123 bytes of UTF-8 a WebSocket close reason may hold."""
+    return text.encode()[:123].decode(errors="ignore")
+
+
 async def _wait_disconnect(ws: WebSocket, scope: trio.CancelScope) -> None:
     while (await ws.receive())["type"] != "websocket.disconnect":
         pass
@@ -271,6 +345,7 @@ async def _wait_disconnect(ws: WebSocket, scope: trio.CancelScope) -> None:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+WsHandler = Callable[[WebSocket], Awaitable[None]]
 
 
 def _guard(handler: Handler) -> Handler:
@@ -279,31 +354,57 @@ def _guard(handler: Handler) -> Handler:
             return await handler(request)
         except ApiError as e:
             return _error(e)
+        except WriteRefused as e:
+            return _error(ApiError(e.status, f"{e.message}; nothing was appended"))
     return guarded
 
 
+def _reads(api: Api, handler: Handler) -> Handler:
+    """`handler` behind `Api.authorize_read`, guarded."""
+    async def checked(request: Request) -> Response:
+        api.authorize_read(request)
+        return await handler(request)
+    return _guard(checked)
+
+
+def _ws_reads(api: Api, handler: WsHandler) -> WsHandler:
+    """A WebSocket `handler` behind `Api.authorize_read` (header or ``?token=``); a refused
+    client is accepted and closed with 1008 and the reason, which browsers can show."""
+    async def checked(ws: WebSocket) -> None:
+        try:
+            api.authorize_read(ws, query=True)
+        except ApiError as e:
+            await ws.accept()
+            await ws.close(WS_POLICY, _reason(e.message))
+            return
+        await handler(ws)
+    return checked
+
+
 def build_app(live: Live, token: str, *, max_body: int,
-              launcher: Launcher | None = None) -> Starlette:
-    """The Starlette app over `live`; writes need `token`; bodies are capped at `max_body`;
-    submitted runs are started by `launcher` (without one, submissions are refused)."""
-    api = Api(live, token, max_body)
+              launcher: Launcher | None = None, read_token: bool = False) -> Starlette:
+    """The Starlette app over `live`; writes need `token` (and reads too with `read_token`);
+    bodies are capped at `max_body`; submitted runs are started by `launcher` (without one,
+    submissions are refused)."""
+    api = Api(live, token, max_body, read_token=read_token)
     api.launcher = launcher
     replays = Replays(live, api.authorize, api.read_body)
     routes = [
         Route("/api/events", _guard(api.post_events), methods=["POST"]),
         Route("/events", _guard(api.post_events), methods=["POST"]),
-        Route("/api/runs", _guard(api.list_runs), methods=["GET"]),
+        Route("/api/runs", _reads(api, api.list_runs), methods=["GET"]),
         Route("/api/runs", _guard(api.submit_run), methods=["POST"]),
         Route("/api/runs/{run}/cancel", _guard(api.cancel_run), methods=["POST"]),
-        Route("/api/runs/{run}", _guard(api.get_run), methods=["GET"]),
-        Route("/api/runs/{run}/items", _guard(api.run_items), methods=["GET"]),
-        Route("/api/runs/{run}/answers.csv", _guard(api.answers_csv), methods=["GET"]),
-        Route("/api/events", _guard(api.list_events), methods=["GET"]),
+        Route("/api/runs/{run}/resume", _guard(api.resume_run), methods=["POST"]),
+        Route("/api/runs/{run}", _reads(api, api.get_run), methods=["GET"]),
+        Route("/api/runs/{run}/items", _reads(api, api.run_items), methods=["GET"]),
+        Route("/api/runs/{run}/answers.csv", _reads(api, api.answers_csv), methods=["GET"]),
+        Route("/api/events", _reads(api, api.list_events), methods=["GET"]),
         Route("/healthz", _guard(api.healthz), methods=["GET"]),
-        Route("/metrics", metrics_route(live), methods=["GET"]),
+        Route("/metrics", _reads(api, metrics_route(live)), methods=["GET"]),
         Route("/api/replay", _guard(replays.post), methods=["POST"]),
-        WebSocketRoute("/api/replay", replays.feed),
-        WebSocketRoute("/api/feed", api.feed),
+        WebSocketRoute("/api/replay", _ws_reads(api, replays.feed)),
+        WebSocketRoute("/api/feed", _ws_reads(api, api.feed)),
         Mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui"),
     ]
     return Starlette(routes=routes)

@@ -6,6 +6,7 @@ import argparse
 import io
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -91,8 +92,11 @@ def _get(config: Config, path: str) -> Any:
         raise CliError(f"cannot reach vlmd at {config.url} ({e}); is `vlmd serve` running?"
                        ) from None
     if response.status_code >= 400:
-        raise CliError(f"vlmd answered {response.status_code}: "
-                       f"{response.json().get('error', response.text)}")
+        try:
+            message = response.json()["error"]
+        except (ValueError, KeyError, TypeError):  # not vlmd's JSON error (a proxy, a 404 page)
+            message = response.text[:200]
+        raise CliError(f"vlmd answered {response.status_code}: {message}")
     return response.json()
 
 
@@ -271,7 +275,7 @@ def cmd_datasette(args: argparse.Namespace, config: Config) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser: shared options on every subcommand."""
-    from vlmd import cli_run  # noqa: F401  (its commands register themselves)
+    from vlmd import cli_cluster, cli_run  # noqa: F401  (their commands register themselves)
 
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--config", metavar="PATH",
@@ -297,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fn(args, config)
     except (ConfigError, CliError) as e:
         print(f"vlmd {args.command}: {e}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.DatabaseError, UnicodeError, OverflowError) as e:
+        # a file or value the user named that cannot be used: say which, without a traceback
+        print(f"vlmd {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -11,7 +11,7 @@ import secrets
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 TOKEN_FILE = "vlmd.token"
 
@@ -25,6 +25,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8470
     token: str = ""
+    read_token: bool = False
     max_body_mb: float = 32.0
     feed_buffer: int = 256
     graceful_s: float = 10.0
@@ -50,6 +51,23 @@ class WatchdogConfig:
 
 
 @dataclass(frozen=True)
+class LauncherConfig:
+    """How vlmd starts the agents of submitted runs: ``local`` subprocesses or a Slurm array job."""
+
+    kind: str = "local"
+    partition: str = ""
+    account: str = ""
+    time_limit: str = ""
+    gpus_per_shard: int = 0
+    extra_sbatch: tuple[str, ...] = ()
+    setup: str = ""
+    agent: str = ""
+    agent_url: str = ""
+    job_dir: str = ""
+    poll_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; `Config()` is the defaults."""
 
@@ -57,6 +75,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     datasette: DatasetteConfig = field(default_factory=DatasetteConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     source: str = "(defaults)"
 
     @classmethod
@@ -80,6 +99,8 @@ class Config:
             raise ConfigError(f"{path}: cannot read: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -143,10 +164,16 @@ def _section(default: Any, values: dict[str, Any], where: str) -> Any:
         if key not in hints:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(hints)})")
         want = hints[key]
+        if get_origin(want) is tuple:  # tuple[str, ...]: a TOML array of strings
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ConfigError(f"{where}: {key} must be an array of strings, "
+                                  f"not {type(value).__name__} {value!r}")
+            continue
         ok = (isinstance(value, want) and not (want is int and isinstance(value, bool))) or (
             want is float and isinstance(value, int) and not isinstance(value, bool))
         if not ok:
             raise ConfigError(f"{where}: {key} must be {want.__name__}, "
                               f"not {type(value).__name__} {value!r}")
-    coerced = {k: float(v) if hints[k] is float else v for k, v in values.items()}
+    coerced = {k: float(v) if hints[k] is float else tuple(v) if isinstance(v, list) else v
+               for k, v in values.items()}
     return dataclasses.replace(default, **coerced)

@@ -10,23 +10,29 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import hypercorn.config
 import hypercorn.trio
 import trio
 
-from vlmd import datasette, liveness, notify
+from vlmd import datasette, liveness, notify, slurm
 from vlmd.api import build_app
-from vlmd.config import Config
+from vlmd.config import Config, ConfigError
 from vlmd.feed import Feed
 from vlmd.launcher import LocalLauncher
-from vlmd.live import Live
-from vlmd.log import EventLog
+from vlmd.live import Live, WriteRefused
+from vlmd.log import Appended, EventLog
+from vlmd.slurm import SlurmLauncher
 
 log = logging.getLogger("vlmd")
+RETRY_WRITE_S = 1.0
 
 
 @dataclass
@@ -51,6 +57,53 @@ def _hypercorn_config(config: Config) -> hypercorn.config.Config:
     return hc
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps vlmd reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every address)
+
+
+def warn_if_exposed(config: Config) -> bool:
+    """Log a WARNING when vlmd binds beyond loopback with only the auto-created token file
+    (nobody chose a token: anyone who can read the state directory can write). True if so."""
+    explicit = bool(os.environ.get("VLMD_TOKEN") or config.server.token)
+    if is_loopback(config.server.host) or explicit:
+        return False
+    log.warning("binding %s (not loopback) with only the token file %s: set server.token or "
+                "$VLMD_TOKEN, and consider server.read_token = true", config.server.host,
+                config.state_dir / "vlmd.token")
+    return True
+
+
+def _retrying(live: Live) -> Any:
+    """`live.append` for vlmd's own events (agent lost, agent exited): while the log refuses
+    writes (disk full), wait and try again, as agents' outboxes do, instead of losing them."""
+    async def append(events: Sequence[dict[str, Any]]) -> Appended:
+        while True:
+            try:
+                return await live.append(events)
+            except WriteRefused:
+                await trio.sleep(RETRY_WRITE_S)
+    return append
+
+
+async def _launcher(config: Config, token: str, live: Live) -> LocalLauncher | SlurmLauncher:
+    """The launcher ``[launcher] kind`` names; a Slurm one takes over the log's live jobs."""
+    kind = config.launcher.kind
+    if kind == "local":
+        return LocalLauncher(config, config.url, token, _retrying(live))
+    if kind != "slurm":
+        raise ConfigError(f"{config.source}: [launcher] kind must be local or slurm, not {kind!r}")
+    launcher = SlurmLauncher(config, config.url, token, _retrying(live))
+    launcher.adopt(await trio.to_thread.run_sync(
+        lambda: list(live.log.read(kinds=slurm.ADOPT_KINDS, until=live.head))))
+    return launcher
+
+
 async def serve(config: Config, *, shutdown: trio.Event | None = None,
                 task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
     """Run vlmd until `shutdown` is set, then stop gracefully.
@@ -68,9 +121,10 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
         live.liveness = liveness.Liveness(config.watchdog.heartbeat_s)
         await live.rebuild()
         token = config.resolve_token()
-        launcher = LocalLauncher(config, config.url, token, live.append)
+        warn_if_exposed(config)
+        launcher = await _launcher(config, token, live)
         app = build_app(live, token, max_body=int(config.server.max_body_mb * 1024 * 1024),
-                        launcher=launcher)
+                        launcher=launcher, read_token=config.server.read_token)
         shutdown = trio.Event() if shutdown is None else shutdown
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(hypercorn.trio.serve, app,
@@ -80,7 +134,7 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
             launcher.url = url
             async with trio.open_nursery() as services:
                 await services.start(launcher.run)
-                await services.start(liveness.watch, live.liveness, live.append)
+                await services.start(liveness.watch, live.liveness, _retrying(live))
                 if config.datasette.enabled:
                     live.datasette_url = await services.start(
                         datasette.supervise, config.log.path, config.datasette.port) or None

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -136,9 +137,22 @@ def run_foreground(db: str | Path, port: int) -> int:
         if snapshot:
             print(f"{db} predates the SQL views: serving a migrated snapshot of it", flush=True)
         print(f"Datasette: http://{HOST}:{port}/{DATABASE}", flush=True)
-        try:
-            return subprocess.run(command(target, port, meta, immutable=snapshot),
-                                  check=False).returncode
-        except KeyboardInterrupt:
-            return 130
+        child = subprocess.Popen(command(target, port, meta, immutable=snapshot))
+        stopped: list[int] = []
 
+        def forward(signum: int, _: object) -> None:
+            stopped.append(signum)
+            child.send_signal(signum)
+
+        previous = signal.signal(signal.SIGTERM, forward)
+        try:
+            code = child.wait()
+            return 0 if stopped else 128 - code if code < 0 else code
+        except KeyboardInterrupt:  # the child, in our process group, got the Ctrl-C too
+            child.wait()
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if child.poll() is None:
+                child.terminate()
+                child.wait(10)

@@ -32,6 +32,10 @@ STOP_GRACE_S = 15.0
 Append = Callable[[list[dict[str, Any]]], Awaitable[object]]
 
 
+class LaunchError(RuntimeError):
+    """A launcher could not start or stop a run's agents; the message says why."""
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     """One submitted run, as the agents need it."""
@@ -45,6 +49,16 @@ class LaunchSpec:
     device: str = "auto"
     on_hang: str = "report"
     options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_submitted(cls, run: str, body: dict[str, Any]) -> LaunchSpec:
+        """The spec a ``run.submitted`` body recorded (to resubmit shards of an old run)."""
+        cfg = body.get("config") or {}
+        return cls(run=run, model=body["model"], dataset=body["dataset"],
+                   shards=body.get("shards") or 1, limit=cfg.get("limit"),
+                   max_new_tokens=cfg.get("max_new_tokens") or 32,
+                   device=cfg.get("device") or "auto", on_hang=cfg.get("on_hang") or "report",
+                   options={"name": body["name"]} if body.get("name") else {})
 
     def agent_args(self, url: str, shard: int, config: Config) -> list[str]:
         """The ``vlmd-agent`` arguments of one shard (the token travels in the environment)."""
@@ -71,6 +85,10 @@ class Launcher(Protocol):
     async def launch(self, spec: LaunchSpec) -> None: ...
 
     async def cancel(self, run: str) -> int: ...
+
+    async def resume(self, spec: LaunchSpec, shards: list[int]) -> list[int]:
+        """Start `shards` again (those not running now); returns the ones started."""
+        ...
 
 
 class LocalLauncher:
@@ -107,6 +125,20 @@ class LocalLauncher:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         return len(procs)
+
+    async def resume(self, spec: LaunchSpec, shards: list[int]) -> list[int]:
+        """Start agents again for `shards` that have none running; they skip completed items."""
+        assert self._nursery is not None, "LocalLauncher.run must be started first"
+        self.cancelled.discard(spec.run)
+        todo = [i for i in shards if (spec.run, i) not in self.procs]
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if todo:
+            await self.append([wire.envelope(spec.run, "run.scheduled", {
+                "scheduler": "local", "job": "local", "shards": todo, "of": spec.shards,
+                "resume": True})])
+        for shard in todo:
+            self._nursery.start_soon(self._supervise, spec, shard)
+        return todo
 
     async def _supervise(self, spec: LaunchSpec, shard: int) -> None:
         shard_text = f"{shard}/{spec.shards}"

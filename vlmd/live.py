@@ -6,6 +6,8 @@ subscribers see batches in seq order and the tracker never lags the feed.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -18,6 +20,25 @@ from vlmd.liveness import Liveness
 from vlmd.log import Appended, EventLog
 from vlmd.metrics import Histogram, LatestGpus
 from vlmd.projections import tracker
+
+log = logging.getLogger("vlmd")
+
+
+class WriteRefused(Exception):
+    """The log cannot take writes now (disk full, failing storage); nothing was appended.
+
+    ``status`` is the HTTP answer: 507 when the disk (or SQLite's page limit) is full, else 503.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def _describe(e: sqlite3.Error, path: object) -> tuple[str, int]:
+    if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+        return f"disk full: {e} (log {path}); writes resume when space is freed", 507
+    return f"cannot write the log {path}: {e}", 503
 
 
 class Live:
@@ -34,6 +55,7 @@ class Live:
         self.datasette_url: str | None = None
         self.liveness: Liveness | None = None
         self.started_at = time.time()
+        self.write_error: str | None = None  # why the last append failed; None once one works
         self._lock = trio.Lock()
 
     @property
@@ -57,12 +79,23 @@ class Live:
 
         Shielded: once a batch is handed to the writer it is committed, folded and published
         even if the request that brought it is cancelled, so the state never diverges from the
-        log.
+        log. Raises WriteRefused when SQLite cannot write (disk full, I/O error): the batch is
+        rolled back whole, `write_error` says why until an append works again.
         """
         with trio.CancelScope(shield=True):
             async with self._lock:
                 received, began = time.time(), time.perf_counter()
-                done = await trio.to_thread.run_sync(self.log.append, events, received)
+                try:
+                    done = await trio.to_thread.run_sync(self.log.append, events, received)
+                except sqlite3.OperationalError as e:
+                    message, status = _describe(e, self.log.path)
+                    if self.write_error is None:
+                        log.error("refusing writes: %s", message)
+                    self.write_error = message
+                    raise WriteRefused(message, status) from None
+                if self.write_error is not None:
+                    log.warning("writes work again (the log is at seq %d)", done.last_seq)
+                    self.write_error = None
                 for event in done.events:
                     tracker.apply(self.tracker, event)
                     self.appended_by_kind[event.kind] += 1

@@ -1,6 +1,7 @@
 """SQL views over ``events`` for Datasette and exports, each the SQL twin of a Python fold.
 
-`runs` agrees with `vlmd.projections.tracker` (except the time-windowed rate and ETA), `items`
+`runs` agrees with `vlmd.projections.tracker` (except the time-windowed rate and ETA, and
+``finished_at`` when a ``run.submitted`` changes the shard count after shards ended), `items`
 with `vlmd.projections.answers`, `model_summary` with `vlmd.projections.summary` (the same
 linear-interpolation percentiles), `samples` with `vlmd.metrics.sample_rows`, and `alerts` with
 the tracker's alert counts; ``tests/test_views.py`` checks each pair on the same log.
@@ -95,16 +96,22 @@ WITH base AS (
     SELECT run, seq, ts, substr(kind, 5) AS status,
         coalesce(json_extract(body, '$.shard'), '') AS shard
     FROM events WHERE kind IN ('run.finished', 'run.failed', 'run.cancelled')
+), shard_events AS (
+    SELECT run, seq, coalesce(nullif(json_extract(body, '$.shard'), ''), '0/1') AS shard,
+        'running' AS status
+    FROM events WHERE kind = 'run.started'
+    UNION ALL
+    SELECT run, seq, shard, status FROM ends WHERE shard != '' AND status != 'cancelled'
 ), shard_states AS (
+    -- a shard's latest own event, or a later run-wide end (which ends every shard it saw)
     SELECT run, shard, status FROM (
         SELECT run, shard, status,
             row_number() OVER (PARTITION BY run, shard ORDER BY seq DESC) AS k FROM (
-                SELECT run, seq, coalesce(nullif(json_extract(body, '$.shard'), ''), '0/1')
-                    AS shard, 'running' AS status
-                FROM events WHERE kind = 'run.started'
+                SELECT run, seq, shard, status FROM shard_events
                 UNION ALL
-                SELECT run, seq, shard, status FROM ends
-                WHERE shard != '' AND status != 'cancelled'))
+                SELECT s.run, e.seq, s.shard, e.status
+                FROM (SELECT DISTINCT run, shard FROM shard_events) AS s
+                JOIN ends AS e ON e.run = s.run AND e.shard = '' AND e.status != 'cancelled'))
     WHERE k = 1
 ), folded AS (
     SELECT b.*,
@@ -134,8 +141,9 @@ WITH base AS (
          AND coalesce(json_extract(body, '$.reason'), '') != ''
          ORDER BY seq DESC LIMIT 1) AS reason,
         (SELECT CASE WHEN kind = 'run.started'
-                     THEN CAST(substr(json_extract(body, '$.shard'),
-                                      instr(json_extract(body, '$.shard'), '/') + 1) AS INTEGER)
+                     THEN CAST(substr(coalesce(nullif(json_extract(body, '$.shard'), ''), '0/1'),
+                                      instr(coalesce(nullif(json_extract(body, '$.shard'), ''),
+                                                     '0/1'), '/') + 1) AS INTEGER)
                      ELSE json_extract(body, '$.shards') END
          FROM events WHERE run = b.run AND (kind = 'run.started'
             OR (kind = 'run.submitted' AND coalesce(json_extract(body, '$.shards'), 0) != 0))

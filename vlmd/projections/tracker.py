@@ -198,6 +198,16 @@ def _ended(s: RunState, e: Event, t: Tracker) -> None:
         s.reason = e.body.get("reason") or s.reason
 
 
+def _scheduled(s: RunState, e: Event, t: Tracker) -> None:
+    """A scheduler queued shards (first submission or `vlmd resume`): they are live again."""
+    n = e.body["of"]
+    s.shard_count = n
+    for i in e.body["shards"]:
+        s.shards[f"{i}/{n}"] = "scheduled"
+    if s.ended != "cancelled" or e.body.get("resume"):
+        s.ended = s.reason = s.finished_at = None
+
+
 def _ignore(s: RunState, e: Event, t: Tracker) -> None:
     pass
 
@@ -206,6 +216,7 @@ HANDLERS: dict[str, Callable[[RunState, Event, Tracker], None]] = {
     "run.submitted": _submitted, "run.started": _started, "item.completed": _item,
     "item.failed": _item, "watchdog.heartbeat": _heartbeat, "watchdog.sample": _ignore,
     "run.finished": _ended, "run.failed": _ended, "run.cancelled": _ended,
+    "run.scheduled": _scheduled, "scheduler.task": _ignore,
 }
 
 

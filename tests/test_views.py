@@ -1,0 +1,203 @@
+"""The SQL views agree with the Python folds (tracker, answers, summary, samples) on one log."""
+
+from __future__ import annotations
+
+import math
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.events import completed, ev, failed, finished, started, submitted
+from vlmd import views
+from vlmd.log import EventLog
+from vlmd.metrics import SAMPLE_COLUMNS, sample_rows
+from vlmd.migrations import MIGRATIONS
+from vlmd.projections import answers, summary, tracker
+
+RUN_FIELDS = ("run", "name", "model", "dataset", "status", "done", "failed", "total",
+              "submitted_at", "started_at", "finished_at", "last_event_at", "last_heartbeat",
+              "alerts", "last_alert", "reason", "last_seq")
+
+
+def gpu(index: int, used: float) -> dict[str, Any]:
+    return {"index": index, "uuid": f"GPU-{index}", "name": "H100", "mem_used_mb": used,
+            "mem_total_mb": 81559.0, "mem_reserved_mb": None, "util_gpu": 87.0,
+            "util_mem": 40.0, "power_w": 312.5, "temp_c": 61.0, "proc_mem_mb": used - 500,
+            "proc_mem_source": "nvml", "na": ["mem_reserved_mb"]}
+
+
+RAM = {"rss_mb": 2048.0, "host_used_mb": 30000.0, "host_available_mb": 98000.0,
+       "host_total_mb": 128000.0, "cgroup_usage_mb": 4096.0, "cgroup_limit_mb": None,
+       "oom_kills": 0}
+
+
+def sample_one(run: str, t: float, gpus: list[dict[str, Any]]) -> dict[str, Any]:
+    return ev(run, "watchdog.sample", {"host": "node-1", "t": t, "gpus": gpus, "ram": RAM})
+
+
+def sample_batch(run: str, t: float, n: int) -> dict[str, Any]:
+    samples = [{"t": t + i * 0.05, "gpus": [gpu(0, 1000.0 + i), gpu(1, 2000.0 - i)],
+                "ram": RAM} for i in range(n)]
+    return ev(run, "watchdog.sample", {"host": "node-2", "samples": samples})
+
+
+def random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
+    """A messy log: shards, retries, failures after completions, cancellations, alerts."""
+    out: list[dict[str, Any]] = []
+    begun: set[str] = set()
+    for i in range(n):
+        run = f"r{rng.randrange(4)}"
+        roll = rng.random()
+        if 0.06 <= roll < 0.12 or 0.86 <= roll < 0.93:
+            begun.add(run)
+        shard = rng.choice([None, None, "0/2", "1/2", "0/1"])
+        if roll < 0.06:
+            body: dict[str, Any] = {"model": f"demo:m{rng.randrange(3)}", "dataset": "d.jsonl"}
+            if rng.random() < 0.6:
+                body["total"] = rng.randrange(1, 20)
+            if rng.random() < 0.4:
+                body["name"] = rng.choice(["alpha", "beta"])
+            if rng.random() < 0.3 and run not in begun:
+                body["shards"] = rng.choice([1, 2])  # (a shard count changed later: see views)
+            out.append(ev(run, "run.submitted", body))
+        elif roll < 0.12:
+            body = {"total": rng.randrange(1, 10), "host": "h", "pid": 1}
+            if shard:
+                body["shard"] = shard
+            out.append(ev(run, "run.started", body))
+        elif roll < 0.55:
+            item = rng.randrange(12)
+            score = rng.choice([0.0, 1.0, 0.5, None])
+            metrics: dict[str, Any] = {
+                "ttft_ms": rng.choice([None, round(rng.uniform(10, 900), 3)]),
+                "vram_peak_delta_mb": round(rng.uniform(-50, 500), 2)}
+            e = completed(run, item, score=1.0, **metrics)
+            e["body"]["score"] = score
+            e["key"] = f"{run}/item/{item}/{i}"
+            out.append(e)
+        elif roll < 0.7:
+            out.append(failed(run, rng.randrange(12), rng.choice(["oom", "timeout"]), attempt=i))
+        elif roll < 0.78:
+            out.append(ev(run, "watchdog.heartbeat",
+                          {"host": "h", "pid": 1, "wrapper_pid": 2, "wrapper_state": "running"}))
+        elif roll < 0.86:
+            out.append(ev(run, rng.choice(["alert.agent_lost", "alert.hang"]), {"message": "x"}))
+        elif roll < 0.93:
+            kind = rng.choice(["run.finished", "run.failed", "run.cancelled"])
+            body = {"reason": rng.choice(["", "boom"])} if kind != "run.finished" else {}
+            if shard and kind != "run.cancelled":
+                body["shard"] = shard
+            out.append(ev(run, kind, body))
+        else:
+            out.append(sample_one(run, 1.79e9 + i, [gpu(0, 100.0 + i)]))
+    return out
+
+
+def fixed_events() -> list[dict[str, Any]]:
+    return [
+        submitted("a", total=4, name="nightly"), started("a", total=4),
+        completed("a", 1, ttft=120.0), completed("a", 2, score=0.0, ttft=300.0),
+        failed("a", 3), failed("a", 1, attempt=1), {**completed("a", 3, ttft=80.0),
+                                                    "key": "a/item/3/1"},
+        sample_one("a", 1.79e9, [gpu(0, 15000.0), gpu(1, 900.0)]),
+        sample_one("a", 1.79e9 + 1, []), sample_batch("a", 1.79e9 + 2, 3),
+        ev("a", "alert.vram_high", {"message": "94% VRAM", "host": "node-1"}),
+        finished("a"),
+        submitted("b", total=10), started("b", total=5, shard="0/2"),
+        started("b", total=5, shard="1/2"), completed("b", "x", ttft=50.0),
+        ev("b", "run.finished", {"shard": "0/2"}),
+        ev("b", "alert.agent_lost", {"message": "no heartbeat for 3 s"}),
+        ev("b", "run.failed", {"shard": "1/2", "reason": "CUDA error"}),
+    ]
+
+
+def make_log(path: Path, events: list[dict[str, Any]]) -> EventLog:
+    log = EventLog.open(path)
+    for i in range(0, len(events), 7):
+        log.append(events[i:i + 7], received=1.8e9 + i)
+    return log
+
+
+def query(log: EventLog, sql: str, *params: Any) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(log.path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.close()
+
+
+def check_agreement(log: EventLog) -> int:
+    folded = tracker.fold(log.read())
+    runs = {r["run"]: r for r in query(log, "SELECT * FROM runs")}
+    assert list(runs) == list(folded.runs)
+    for run, state in folded.runs.items():
+        expected = state.to_dict()
+        got = {f: runs[run][f] for f in RUN_FIELDS}
+        assert got == {f: expected[f] for f in RUN_FIELDS}, run
+        items = query(log, "SELECT * FROM items WHERE run = ?", run)
+        rows = list(answers.fold(log.read(run=run, kinds=answers.ITEM_KINDS)).values())
+        assert [{c: r[c] for c in answers.COLUMNS} for r in items] == [
+            {c: (answers._cell(v) if isinstance(v, list) else v) for c, v in row.items()}
+            for row in rows]
+        [ms] = query(log, "SELECT * FROM model_summary WHERE run = ?", run)
+        want = summary.summarize(state)
+        assert (ms["completed"], ms["failed"], ms["scored"]) == (
+            want["completed"], want["failed"], want["scored"])
+        if want["accuracy"] is None:
+            assert ms["accuracy"] is None
+        else:
+            assert ms["accuracy"] == pytest.approx(want["accuracy"], rel=1e-12)
+        for metric in summary.METRICS:
+            for q, _ in summary.QUANTILES:
+                assert ms[f"{metric}_{q}"] == want[metric][q], (run, metric, q)
+        alerts = query(log, "SELECT kind FROM alerts WHERE run = ? ORDER BY seq", run)
+        assert len(alerts) == state.alerts
+        assert (alerts[-1]["kind"] if alerts else None) == state.last_alert
+    samples = query(log, "SELECT * FROM samples")
+    assert samples == [r for e in log.read(kinds=["watchdog.sample"]) for r in sample_rows(e)]
+    assert list(samples[0]) == list(SAMPLE_COLUMNS) if samples else True
+    return len(folded.runs)
+
+
+def test_every_view_agrees_with_its_python_fold(tmp_path: Path) -> None:
+    log = make_log(tmp_path / "v.db", fixed_events())
+    assert check_agreement(log) == 2
+    a, b = query(log, "SELECT run, status, done, failed, total, name FROM runs")
+    assert a == {"run": "a", "status": "finished", "done": 3, "failed": 0, "total": 4,
+                 "name": "nightly"}
+    assert b == {"run": "b", "status": "failed", "done": 1, "failed": 0, "total": 10,
+                 "name": None}
+    gpus = query(log, "SELECT host, t, gpu, mem_used_mb, util_gpu, power_w, rss_mb FROM samples")
+    assert len(gpus) == 2 + 1 + 3 * 2  # two GPUs, a sample without GPUs, a batch of three
+    assert gpus[0] == {"host": "node-1", "t": 1.79e9, "gpu": 0, "mem_used_mb": 15000.0,
+                       "util_gpu": 87.0, "power_w": 312.5, "rss_mb": 2048.0}
+    assert gpus[2]["gpu"] is None and gpus[2]["rss_mb"] == 2048.0
+    [ms] = query(log, "SELECT * FROM model_summary WHERE run = 'a'")
+    assert (ms["accuracy"], ms["ttft_ms_p50"], ms["ttft_ms_p90"]) == (2 / 3, 120.0, 264.0)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_views_agree_with_the_folds_on_random_logs(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    log = make_log(tmp_path / "v.db", random_events(rng, 300))
+    assert check_agreement(log) >= 1
+
+
+def test_the_views_use_the_summary_percentiles() -> None:
+    assert views.METRICS == summary.METRICS
+    assert views.QUANTILES == summary.QUANTILES
+    assert MIGRATIONS[-1][0] == "0002_views" or "0002_views" in [m[0] for m in MIGRATIONS]
+
+
+def test_percentiles_interpolate_like_numpy_linear(tmp_path: Path) -> None:
+    values = [5.0, 1.0, 9.5, 3.25, 7.0, 2.0, 100.0]
+    log = make_log(tmp_path / "v.db", [submitted("p", total=7)] + [
+        completed("p", i, ttft=v) for i, v in enumerate(values)])
+    [ms] = query(log, "SELECT ttft_ms_p50, ttft_ms_p90, ttft_ms_p99 FROM model_summary")
+    ordered = sorted(values)
+    assert ms == {f"ttft_ms_{q}": summary.percentile(ordered, x) for q, x in summary.QUANTILES}
+    assert math.isclose(ms["ttft_ms_p90"], 9.5 + (100.0 - 9.5) * 0.4)
