@@ -13,6 +13,8 @@ answer.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import faulthandler
 import json
 import logging
@@ -38,6 +40,8 @@ log = logging.getLogger("vlmd_agent.wrapper")
 EXIT_OK = 0
 EXIT_BAD_INPUT = 3
 EXIT_BACKEND = 4
+EXIT_ORPHANED = 5
+PR_SET_PDEATHSIG = 1
 RESUME_TRIES_S = 30.0
 
 
@@ -133,7 +137,7 @@ def run(cfg: WrapperConfig, token: str, status: Status) -> int:
         try:
             data = datasets.load(cfg.dataset)
             index, count = wire.shard_of(cfg.shard) if cfg.shard else (0, 1)
-            items = datasets.shard(data.items, index, count)[:cfg.limit]
+            items = datasets.shard(data.items[:cfg.limit], index, count)
         except (datasets.DatasetError, ValueError, OSError) as e:
             return _fail(box, cfg, shard_body, f"bad dataset: {e}", EXIT_BAD_INPUT, status)
         done = completed_items(cfg.url, token, cfg.run)
@@ -156,8 +160,8 @@ def run(cfg: WrapperConfig, token: str, status: Status) -> int:
         if stop["requested"]:
             status.send("stopped")
             return EXIT_OK
-        box.put(wire.envelope(cfg.run, "run.finished", shard_body,
-                              key=f"{cfg.run}/finished/{cfg.shard or '0/1'}/{cfg.attempt}"))
+        # a random key: a shard resumed later (any host, any spool) must finish again
+        box.put(wire.envelope(cfg.run, "run.finished", shard_body))
         status.send("flushing", backlog=box.backlog())
     status.send("done")
     return EXIT_OK
@@ -179,10 +183,24 @@ def _fail(box: Outbox, cfg: WrapperConfig, shard_body: dict[str, Any], reason: s
     return code
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the watchdog dies: an orphaned wrapper would go on
+    evaluating beside the one a restarted agent starts."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # not Linux: the watchdog still stops us on its way out
+    if os.getppid() == 1:  # the watchdog died before prctl took effect
+        os._exit(EXIT_ORPHANED)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m vlmd_agent.wrapper CONFIG_JSON``: the token comes from ``$VLMD_TOKEN``."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    _die_with_parent()
     args = sys.argv[1:] if argv is None else argv
     cfg = WrapperConfig.from_json(args[0])
     stacks = os.environ.get("VLMD_STACKS")
