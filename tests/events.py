@@ -37,8 +37,8 @@ def completed(run: str, item: str | int, score: float = 1.0, ttft: float = 100.0
 
 
 def failed(run: str, item: str | int, reason: str = "oom", attempt: int = 0) -> dict[str, Any]:
-    return ev(run, "item.failed", {"item": str(item), "reason": reason, "message": "CUDA out of memory"},
-              key=f"{run}/item/{item}/{attempt}")
+    body = {"item": str(item), "reason": reason, "message": "CUDA out of memory"}
+    return ev(run, "item.failed", body, key=f"{run}/item/{item}/{attempt}")
 
 
 def finished(run: str) -> dict[str, Any]:

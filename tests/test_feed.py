@@ -1,4 +1,4 @@
-"""The live feed: after commit, in seq order, no gap or duplicate at the seam, slow clients dropped."""
+"""The live feed: after commit, in seq order, no gap or duplicate at the seam, slow clients out."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import trio
 
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, submitted
-from vlmd.wsclient import Closed, WsClient, open_ws
 from vlmd.daemon import Daemon, serve
+from vlmd.wsclient import Closed, WsClient, open_ws
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

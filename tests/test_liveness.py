@@ -1,4 +1,4 @@
-"""Liveness: heartbeat deadlines per agent, driven by trio's autojump clock, plus one real daemon."""
+"""Liveness: heartbeat deadlines per agent, on trio's autojump clock, plus one real daemon."""
 
 from __future__ import annotations
 

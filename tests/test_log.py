@@ -101,5 +101,5 @@ def test_a_log_from_a_newer_vlmd_is_refused_with_a_clear_error(tmp_path: Path) -
     conn = sqlite3.connect(tmp_path / "v.db")
     conn.execute("INSERT INTO migrations VALUES ('9999_future', 0)")
     conn.commit()
-    with pytest.raises(RuntimeError, match="9999_future.*upgrade vlmd"):
+    with pytest.raises(RuntimeError, match=r"9999_future.*upgrade vlmd"):
         EventLog.open(tmp_path / "v.db")

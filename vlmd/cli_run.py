@@ -91,7 +91,7 @@ async def run_one(client: Client, body: dict[str, Any], out_dir: Path) -> dict[s
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(csv.content)
     state["answers_csv"] = str(path)
-    return state
+    return dict(state)
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:

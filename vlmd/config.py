@@ -80,7 +80,7 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Config:
-        """Read `path`; without one, ``$VLMD_CONFIG``, else ``./vlmd.toml`` if present, else defaults.
+        """Read `path`; else ``$VLMD_CONFIG``, else ``./vlmd.toml`` if present, else defaults.
 
         Raises ConfigError naming the file and key for a missing file, bad TOML, an unknown
         section or key, or a value of the wrong type.
@@ -114,8 +114,8 @@ class Config:
                                   f"(known: {', '.join(sections)})")
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {name} must be a [{name}] table")
-            built[name] = _section(sections[name].default_factory(), value,  # type: ignore[misc]
-                                   f"{source}: [{name}]")
+            factory: Any = sections[name].default_factory
+            built[name] = _section(factory(), value, f"{source}: [{name}]")
         return cls(**built, source=source)
 
     def resolve_token(self) -> str:

@@ -1,4 +1,4 @@
-"""serve(): the vlmd daemon, one trio nursery running the log, its projections, the feed and the API.
+"""serve(): the vlmd daemon, one trio nursery running the log, projections, feed and API.
 
 Example::
 
@@ -127,7 +127,8 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
                         launcher=launcher, read_token=config.server.read_token)
         shutdown = trio.Event() if shutdown is None else shutdown
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(hypercorn.trio.serve, app,
+            asgi: Any = app  # Starlette is an ASGI app; hypercorn's own type is narrower
+            binds = await nursery.start(partial(hypercorn.trio.serve, asgi,
                                                 _hypercorn_config(config),
                                                 shutdown_trigger=shutdown.wait))
             url = binds[0].replace("0.0.0.0", "127.0.0.1")

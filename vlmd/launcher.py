@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import trio
-from vlmd_agent import wire
 
+import vlmd_agent.wire as wire
 from vlmd.config import Config
 
 log = logging.getLogger("vlmd.launcher")

@@ -147,7 +147,8 @@ class EventLog:
         `kinds` entries ending in ``.*`` match a prefix (``alert.*``). The stream reads in chunks
         over its own connection, so a long read neither blocks the writer nor holds a lock.
         """
-        where, params = ["seq > ?"], []
+        where: list[str] = ["seq > ?"]
+        params: list[int | str] = []
         if until is not None:
             where.append("seq <= ?")
             params.append(until)

@@ -1,4 +1,4 @@
-"""A small WebSocket client on trio + wsproto (for `vlmd run` and tests); it always closes its socket."""
+"""A small WebSocket client on trio + wsproto (`vlmd run`, tests); it always closes its socket."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ from urllib.parse import urlsplit
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import (AcceptConnection, CloseConnection, Event, Ping, RejectConnection,
-                            Request, TextMessage)
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
 
 
 class Closed(Exception):

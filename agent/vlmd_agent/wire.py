@@ -215,6 +215,18 @@ BODIES: Mapping[str, Body] = {
     "run.finished": Body({}, {"shard": _shard}),
     "run.failed": Body({"reason": _TEXT}, {"shard": _shard}),
     "run.cancelled": Body({}, {"reason": _TEXT}),
+    # a scheduler (Slurm) accepted the run's shards as a job; `shards` lists the array indices
+    "run.scheduled": Body(
+        {"scheduler": _string(32), "job": _string(64), "shards": _LIST, "of": _integer(1)},
+        {"script": _TEXT, "resume": _of_type(bool)},
+    ),
+    # what the scheduler says about one shard's task: PENDING (with its reason), RUNNING on a
+    # node, COMPLETED, FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, CANCELLED, ...
+    "scheduler.task": Body(
+        {"scheduler": _string(32), "job": _string(64), "shard": _shard, "state": _string(64)},
+        {"reason": _TEXT, "node": _string(1024), "exit_code": _integer(None),
+         "signal": _integer(None)},
+    ),
 }
 
 ALERT_BODY = Body(
@@ -247,7 +259,8 @@ def _valid(event: dict[str, Any], now: float) -> bool:
     if len(event) != 5:
         return False
     key, run, ts, body = event.get("key"), event.get("run"), event.get("ts"), event.get("body")
-    schema = BODIES.get(event.get("kind"))  # type: ignore[arg-type]
+    kind = event.get("kind")
+    schema = BODIES.get(kind) if type(kind) is str else None  # a list or dict is unhashable
     return (schema is not None and type(key) is str and 0 < len(key) <= MAX_KEY
             and type(run) is str and RUN_RE.fullmatch(run) is not None
             and (type(ts) is float or type(ts) is int) and 0 <= ts <= now + FUTURE_SLACK_S
@@ -255,7 +268,7 @@ def _valid(event: dict[str, Any], now: float) -> bool:
 
 
 def event_errors(event: Any, index: int, now: float) -> list[SchemaError]:
-    """Every reason `event` (the `index`-th of its batch) is not a valid envelope, received at `now`."""
+    """Every reason `event` (the `index`-th of its batch) is not a valid envelope at `now`."""
     if type(event) is dict and _valid(event, now):
         return []
     if type(event) is not dict:
@@ -268,20 +281,21 @@ def event_errors(event: Any, index: int, now: float) -> list[SchemaError]:
         if name not in event:
             found.append((name, "required field is missing"))
     key, run, kind, ts, body = (event.get(n) for n in ENVELOPE_FIELDS)
-    if key is not None and (why := _string(MAX_KEY)(key) or (None if key else "must not be empty")):
+    # a field given as null is checked (and refused) like any other wrong type
+    if "key" in event and (why := _string(MAX_KEY)(key) or (None if key else "must not be empty")):
         found.append(("key", why))
-    if run is not None and (why := _string(128, RUN_RE)(run)):
+    if "run" in event and (why := _string(128, RUN_RE)(run)):
         found.append(("run", why))
-    if ts is not None:
+    if "ts" in event:
         if why := _number(0.0)(ts):
             found.append(("ts", why))
-        elif ts > now + FUTURE_SLACK_S:
+        elif isinstance(ts, int | float) and ts > now + FUTURE_SLACK_S:
             found.append(("ts", f"{ts} is more than a year ahead of vlmd's clock "
                                  "(milliseconds instead of seconds?)"))
-    if body is not None and type(body) is not dict:
+    if "body" in event and type(body) is not dict:
         found.append(("body", f"expected an object, got {_type_name(body)}"))
         body = None
-    if kind is not None:
+    if "kind" in event:
         if type(kind) is not str:
             found.append(("kind", f"expected a string, got {_type_name(kind)}"))
         elif kind == "watchdog.sample":
@@ -325,7 +339,7 @@ def new_run_id() -> str:
 
 def envelope(run: str, kind: str, body: Mapping[str, Any], *, key: str | None = None,
              ts: float | None = None) -> dict[str, Any]:
-    """Build an event envelope; without `key`, a random one (so only send it once, via an outbox)."""
+    """Build an event envelope; without `key`, a random one (send it once, via an outbox)."""
     return {"key": key or f"{run}/{kind}/{uuid.uuid4().hex}", "run": run, "kind": kind,
             "ts": time.time() if ts is None else ts, "body": dict(body)}
 

@@ -48,7 +48,7 @@ def summarize(state: RunState) -> dict[str, Any]:
         "accuracy": math.fsum(scores) / len(scores) if scores else None,
     }
     for i, name in enumerate(METRICS, start=2):
-        summary[name] = describe([r[i] for r in completed if r[i] is not None])
+        summary[name] = describe([v for r in completed if isinstance(v := r[i], int | float)])
     if state.started_at is not None and state.recent and state.recent[-1] > state.started_at:
         summary["items_per_s"] = (state.done + state.failed) / (state.recent[-1] - state.started_at)
     else:
