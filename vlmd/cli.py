@@ -294,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vlmd``: exit status 0 on success, 2 on a user mistake."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     args = parser().parse_args(argv)
     try:
         config = Config.load(args.config)
