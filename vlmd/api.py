@@ -23,7 +23,6 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from vlmd_agent import wire
 
 from vlmd import submit
 from vlmd.feed import Frame, Subscription, encode
@@ -34,6 +33,7 @@ from vlmd.projections import answers
 from vlmd.projections.summary import summarize
 from vlmd.projections.tracker import RunState
 from vlmd.replay import Replays
+from vlmd_agent import wire
 
 UI_DIR = Path(__file__).parent / "ui"
 BACKLOG_FRAME = 1_000
@@ -160,10 +160,13 @@ class Api:
             raise ApiError(400, f"body is not valid JSON: {e}") from None
         except submit.SubmitError as e:
             raise ApiError(422, str(e)) from None
-        except OSError as e:  # e.g. a dataset path too long for the file system
-            raise ApiError(422, f"dataset: cannot use that path ({e.strerror})") from None
+        except (OSError, RuntimeError) as e:  # a path too long, "~nobody" (no such home)
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            raise ApiError(422, f"dataset: cannot use that path ({why})") from None
         name = spec.options.get("name")
-        await self.live.append([submit.submitted_event(spec)])
+        event = submit.submitted_event(spec)
+        event["body"]["config"]["launcher"] = self.launcher.kind
+        await self.live.append([event])
         await self.launcher.launch(spec)
         return _json({"run": spec.run, "name": name, "status": "submitted",
                       "shards": spec.shards, "head": self.live.head}, 201)

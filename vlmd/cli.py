@@ -290,6 +290,11 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _one_line(text: str) -> str:
+    """`text` with control characters escaped (a file name may hold a newline)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vlmd``: exit status 0 on success, 2 on a user mistake."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -301,11 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fn, _ = COMMANDS[args.command]
         return fn(args, config)
     except (ConfigError, CliError) as e:
-        print(f"vlmd {args.command}: {e}", file=sys.stderr)
+        print(f"vlmd {args.command}: {_one_line(str(e))}", file=sys.stderr)
         return 2
-    except (OSError, sqlite3.DatabaseError, UnicodeError, OverflowError) as e:
+    except (OSError, sqlite3.DatabaseError, UnicodeError, OverflowError, httpx.InvalidURL) as e:
         # a file or value the user named that cannot be used: say which, without a traceback
-        print(f"vlmd {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"vlmd {args.command}: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -158,6 +158,8 @@ def _read_jsonl(path: str | os.PathLike[str], text: str) -> Iterator[tuple[int, 
         except json.JSONDecodeError as e:
             hint = "; expected one JSON object per line" if raw.strip() in "[{" else ""
             where.fail(None, f"bad JSON at column {e.colno}: {e.msg}{hint}")
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, nesting too deep
+            where.fail(None, f"bad JSON: {str(e)[:200]}")
         if not isinstance(obj, dict):
             where.fail(None, f"expected a JSON object, got {type(obj).__name__}")
         for name in _REQUIRED:
@@ -186,7 +188,7 @@ def _image_ref(where: _Where, ref: str, base: Path, path: str | os.PathLike[str]
         where.fail("image", f"remote URLs are not supported: {ref!r}")
     try:
         return (base / ref).read_bytes()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
         where.fail("image", f"no such file {ref!r} (relative to {os.fspath(path)})")
 
 
