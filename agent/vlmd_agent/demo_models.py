@@ -62,14 +62,28 @@ class DemoSpec:
 
 SPECS: dict[str, DemoSpec] = {
     "tiny": DemoSpec(
-        image_size=32, patch_size=8, vocab_size=400,
-        vision_hidden=32, vision_layers=2, vision_heads=2,
-        text_hidden=64, text_layers=2, text_heads=4, text_intermediate=128,
+        image_size=32,
+        patch_size=8,
+        vocab_size=400,
+        vision_hidden=32,
+        vision_layers=2,
+        vision_heads=2,
+        text_hidden=64,
+        text_layers=2,
+        text_heads=4,
+        text_intermediate=128,
     ),
     "small": DemoSpec(
-        image_size=64, patch_size=8, vocab_size=512,
-        vision_hidden=128, vision_layers=4, vision_heads=4,
-        text_hidden=256, text_layers=4, text_heads=8, text_intermediate=688,
+        image_size=64,
+        patch_size=8,
+        vocab_size=512,
+        vision_hidden=128,
+        vision_layers=4,
+        vision_heads=4,
+        text_hidden=256,
+        text_layers=4,
+        text_heads=8,
+        text_intermediate=688,
     ),
 }
 
@@ -173,7 +187,7 @@ def _write_tokenizer(spec: DemoSpec) -> Any:
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         pad_token="<pad>",
         bos_token="<s>",
@@ -199,7 +213,7 @@ def _write_model(spec: DemoSpec, folder: Path) -> None:
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": side}, crop_size={"height": side, "width": side}
     )
-    processor = LlavaProcessor(
+    processor = LlavaProcessor(  # type: ignore[no-untyped-call]
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=spec.patch_size,
@@ -236,7 +250,7 @@ def _write_model(spec: DemoSpec, folder: Path) -> None:
         vision_feature_layer=-1,
     )
     torch.manual_seed(SEED)
-    model = LlavaForConditionalGeneration(config).eval()
+    model = LlavaForConditionalGeneration(config).eval()  # type: ignore[no-untyped-call]
     model.generation_config.do_sample = False
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

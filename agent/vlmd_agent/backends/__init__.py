@@ -5,7 +5,8 @@ SPEC forms (DESIGN.md, "Model SPEC"):
 - ``openai:NAME@BASE_URL``: any OpenAI-compatible server (vLLM, SGLang, Ollama, TGI, LMDeploy,
   llama.cpp, ``transformers serve``); BASE_URL is ``http(s)://host:port`` with or without ``/v1``.
 - ``hf:PATH``: a local transformers model folder, run in this process.
-- ``demo:NAME``: a demo model built offline (`vlmd_agent.demo_models`), run like ``hf:``.
+- ``demo:NAME``: a demo model built offline (`vlmd_agent.demo_models`), run like ``hf:``;
+  ``demo:instant[:MS]`` is no model at all (`.instant`), for exercising the pipeline at speed.
 """
 
 from __future__ import annotations
@@ -73,16 +74,23 @@ def load_backend(
         from .hf import HFBackend
 
         if rest not in demo_models.SPECS:
-            known = ", ".join(demo_models.names())
+            known = ", ".join([*demo_models.names(), "instant[:MS]"])
             raise ValueError(
                 f"bad model spec {spec!r}: unknown demo model {rest!r} (known: {known}); "
                 f"accepted forms: {SPEC_FORMS}"
             )
         folder = demo_models.build(rest, models_dir or default_models_dir())
+        import torch
+
+        # Demo models are a few MB: extra CPU threads only add synchronisation, and on a busy
+        # machine they make generation many times slower. This process runs one model only.
+        torch.set_num_threads(1)
         return HFBackend(
             folder, spec=spec, max_new_tokens=max_new_tokens, device=device, timeout_s=timeout_s
         )
-    raise ValueError(f"bad model spec {spec!r}: unknown kind {scheme!r}; expected one of {SPEC_FORMS}")
+    raise ValueError(
+        f"bad model spec {spec!r}: unknown kind {scheme!r}; expected one of {SPEC_FORMS}"
+    )
 
 
 def _split_openai(spec: str, rest: str) -> tuple[str, str]:

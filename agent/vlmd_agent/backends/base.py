@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Literal, Protocol
 
 FailReason = Literal["oom", "timeout", "backend_error", "bad_input"]
@@ -115,4 +116,4 @@ def tpot_ms(e2e_ms: float, ttft_ms: float | None, output_tokens: int | None) -> 
 
 def gaps_ms(times_ns: Sequence[int]) -> tuple[float, ...]:
     """Inter-chunk gaps in milliseconds between consecutive content-chunk arrival times."""
-    return tuple(ms(a, b) for a, b in zip(times_ns, times_ns[1:], strict=False))
+    return tuple(ms(a, b) for a, b in pairwise(times_ns))

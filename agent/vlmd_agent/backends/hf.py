@@ -38,7 +38,7 @@ class _Memory:
 def _token_clock(base: type) -> type:
     """A `BaseStreamer` subclass that records when each generated token arrives."""
 
-    class TokenClock(base):  # type: ignore[valid-type,misc]
+    class TokenClock(base):  # type: ignore[misc]
         def __init__(self) -> None:
             self.prompt_seen = False
             self.token_ns: list[int] = []
@@ -91,7 +91,9 @@ class HFBackend:
         self.device = torch.device(device)
         self._torch = torch
         self._clock_type = _token_clock(BaseStreamer)
-        self.processor: Any = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        self.processor: Any = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+            folder, local_files_only=True
+        )
         model: Any = AutoModelForImageTextToText.from_pretrained(
             folder, local_files_only=True, dtype="auto"
         )
