@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from vlmd_agent.cli import config
 from vlmd_agent.outbox import Outbox
 

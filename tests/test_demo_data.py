@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
 from vlmd_agent import datasets, demo_data
 
 

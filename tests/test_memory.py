@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from vlmd_agent import memory
 from vlmd_agent.memory import CgroupPaths, RamReader, find_cgroup, ram_sample
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from vlmd_agent.outbox import Outbox
 
 from tests.conftest import TOKEN, DaemonProcess, start_daemon
 from tests.events import T0, completed
+from vlmd_agent.outbox import Outbox
 
 FAST = (0.05, 0.5)  # backoff for tests: vlmd comes back soon
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+
+from tests import fake_pynvml as fake
 from vlmd_agent.gpu import DEVICE_KEYS, NullSource, open_gpus
 from vlmd_agent.memory import RamReader
 from vlmd_agent.sampler import Sample, Sampler, run_sampler
-
-from tests import fake_pynvml as fake
 
 ME = os.getpid()
 MB = 1024 * 1024

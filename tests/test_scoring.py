@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vlmd_agent.datasets import Item
 from vlmd_agent.scoring import anls, exact, extract_choice, mcq, normalise, score, vqa
 

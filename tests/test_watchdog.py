@@ -28,6 +28,9 @@ import psutil
 import pytest
 import trio
 import trio.testing
+
+from tests.conftest import TOKEN, daemon_config
+from vlmd.daemon import Daemon, serve
 from vlmd_agent import demo_data
 from vlmd_agent.detect import (
     HangClock,
@@ -37,9 +40,6 @@ from vlmd_agent.detect import (
     vram_fraction,
     watch_hangs,
 )
-
-from tests.conftest import TOKEN, daemon_config
-from vlmd.daemon import Daemon, serve
 
 HEADERS = {"authorization": f"Bearer {TOKEN}"}
 

@@ -10,7 +10,6 @@ from urllib.parse import quote
 
 import orjson
 import trio
-from vlmd_agent import wire
 
 from vlmd import kube, submit
 from vlmd.cli import CliError, command
@@ -19,6 +18,7 @@ from vlmd.config import Config
 from vlmd.follow import report_table
 from vlmd.launcher import LaunchSpec
 from vlmd.projections.tracker import TERMINAL
+from vlmd_agent import wire
 
 POLL_S = 1.0
 PRINT_EVERY_S = 5.0

@@ -129,6 +129,8 @@ class LocalLauncher:
     async def resume(self, spec: LaunchSpec, shards: list[int]) -> list[int]:
         """Start agents again for `shards` that have none running; they skip completed items."""
         assert self._nursery is not None, "LocalLauncher.run must be started first"
+        if spec.run in self.cancelled and any(r == spec.run for r, _ in self.procs):
+            return []  # its cancelled agents are still stopping; once they have, all restart
         self.cancelled.discard(spec.run)
         todo = [i for i in shards if (spec.run, i) not in self.procs]
         self.logs.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from vlmd_agent import wire
 
 from vlmd.log import Event
+from vlmd_agent import wire
 
 AgentKey = tuple[str, str, int]
+STARTUP_GRACE_S = 5.0  # an agent's outbox waits up to 5 s between tries while vlmd is down
 ENDED = ("run.finished", "run.failed", "run.cancelled")
 
 
@@ -66,9 +67,13 @@ class Liveness:
                     self.agents[key].lost = True
 
     def watch(self, events: Iterable[Event], now: float) -> Iterator[Event]:
-        """Pass `events` through, observing each (to fold the log at start-up in one pass)."""
+        """Pass `events` through, observing each (to fold the log at start-up in one pass).
+
+        The agents found this way get `STARTUP_GRACE_S` beyond their deadline: while vlmd was
+        down their outboxes backed off, so their first heartbeat may come that much later.
+        """
         for event in events:
-            self.observe((event,), now)
+            self.observe((event,), now + STARTUP_GRACE_S)
             yield event
 
     def next_deadline(self) -> float:

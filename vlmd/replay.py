@@ -21,11 +21,11 @@ import trio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from vlmd_agent import wire
 
 from vlmd.live import Live
 from vlmd.log import Event, EventLog, connect
 from vlmd.projections import tracker
+from vlmd_agent import wire
 
 BATCH_S = 0.02  # events due within this many seconds of each other go in one POST
 MAX_BATCH = 5_000

@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vlmd_agent import wire
-
 from vlmd.launcher import LaunchSpec
+from vlmd_agent import wire
 
 MODEL_RE = re.compile(r"(openai:[^@\s]+@https?://\S+|hf:\S+|demo:[A-Za-z0-9_.:-]+)")
 LIMITS = {"shards": (1, 256), "limit": (1, 10_000_000), "max_new_tokens": (1, 32_768)}

@@ -13,15 +13,15 @@ answer.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import faulthandler
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -41,7 +41,6 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 3
 EXIT_BACKEND = 4
 EXIT_ORPHANED = 5
-PR_SET_PDEATHSIG = 1
 RESUME_TRIES_S = 30.0
 
 
@@ -183,16 +182,26 @@ def _fail(box: Outbox, cfg: WrapperConfig, shard_body: dict[str, Any], reason: s
     return code
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL us when the watchdog dies: an orphaned wrapper would go on
-    evaluating beside the one a restarted agent starts."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return  # not Linux: the watchdog still stops us on its way out
-    if os.getppid() == 1:  # the watchdog died before prctl took effect
-        os._exit(EXIT_ORPHANED)
+def _die_with_watchdog(status_fd: int) -> None:
+    """Exit at once when the watchdog process dies, however it dies: an orphaned wrapper would
+    go on evaluating beside the one a restarted agent starts.
+
+    The watchdog holds the only read end of the status pipe, so the kernel closes it when the
+    watchdog dies, and our write end then polls POLLERR; a thread waits for that on a private
+    duplicate of the descriptor. Not PR_SET_PDEATHSIG: it fires when the *thread* that forked
+    us exits, and trio forks from a worker thread that exits after 10 s idle.
+    """
+    lifeline = os.dup(status_fd)
+
+    def wait() -> None:
+        poller = select.poll()
+        poller.register(lifeline, 0)  # POLLERR and POLLHUP are always reported
+        while True:
+            for _, events in poller.poll():
+                if events & (select.POLLERR | select.POLLHUP):
+                    os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=wait, name="vlmd-lifeline", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    _die_with_parent()
     args = sys.argv[1:] if argv is None else argv
     cfg = WrapperConfig.from_json(args[0])
     stacks = os.environ.get("VLMD_STACKS")
@@ -208,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         stacks_file = open(stacks, "w")  # noqa: SIM115 (kept open for faulthandler)
         faulthandler.register(signal.SIGUSR1, file=stacks_file, all_threads=True)
     fd = os.environ.get("VLMD_STATUS_FD")
+    if fd:
+        _die_with_watchdog(int(fd))
     status = Status(os.fdopen(int(fd), "w", buffering=1) if fd else None)
     return run(cfg, os.environ.get("VLMD_TOKEN", ""), status)
 

@@ -147,7 +147,9 @@ def _started(s: RunState, e: Event, t: Tracker) -> None:
     s.shard_totals[shard] = e.body["total"]
     s.shards[shard] = "running"
     s.shard_count = int(shard.split("/")[1])
-    s.ended = s.reason = s.finished_at = None
+    s.ended = s.finished_at = None
+    if "failed" not in s.shards.values():  # another shard's failure still explains the run
+        s.reason = None
     if s.started_at is None:
         s.started_at = e.ts
     s.stalled = False
@@ -205,7 +207,9 @@ def _scheduled(s: RunState, e: Event, t: Tracker) -> None:
     for i in e.body["shards"]:
         s.shards[f"{i}/{n}"] = "scheduled"
     if s.ended != "cancelled" or e.body.get("resume"):
-        s.ended = s.reason = s.finished_at = None
+        s.ended = s.finished_at = None
+        if "failed" not in s.shards.values():
+            s.reason = None
 
 
 def _ignore(s: RunState, e: Event, t: Tracker) -> None:
