@@ -95,3 +95,16 @@ async def test_a_silent_agent_stalls_its_run_and_a_heartbeat_clears_it(daemon: D
         run = (await c.get("/api/runs/r1")).json()
     assert run["status"] == "finished"
     assert run["alerts"] == 1
+
+
+def test_heartbeats_after_a_shard_ended_do_not_arm_a_deadline_until_it_starts_again() -> None:
+    book = Liveness(heartbeat_s=1.0)
+    book.observe([Event(1, "f", "r1", "run.finished", 1.0, 1.0, {"shard": "0/2"}, "")], now=0.0)
+    book.observe([heartbeat(seq=2, shard="0/2")], now=1.0)  # the agent flushing on its way out
+    assert book.agents == {}
+    book.observe([heartbeat(seq=3, shard="1/2")], now=1.0)
+    assert [a.shard for a in book.agents.values()] == ["1/2"]
+    book.observe([Event(4, "s", "r1", "run.started", 2.0, 2.0,
+                        {"total": 3, "host": "h", "pid": 1, "shard": "0/2"}, "")], now=2.0)
+    book.observe([heartbeat(pid=8, seq=5, shard="0/2")], now=2.0)  # resumed: watched again
+    assert sorted(a.shard or "" for a in book.agents.values()) == ["0/2", "1/2"]

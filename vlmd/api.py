@@ -180,9 +180,9 @@ class Api:
             stopped = await self.launcher.cancel(state.run) if self.launcher else 0
         except LaunchError as e:
             raise ApiError(502, f"cannot stop the run's agents: {e}") from None
+        # a fresh key: a run resumed after a cancel can be cancelled again
         await self.live.append([wire.envelope(state.run, "run.cancelled",
-                                              {"reason": "cancelled by the user"},
-                                              key=f"{state.run}/cancelled")])
+                                              {"reason": "cancelled by the user"})])
         return _json({"run": state.run, "status": "cancelled", "agents_stopped": stopped})
 
     async def resume_run(self, request: Request) -> Response:

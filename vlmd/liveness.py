@@ -46,18 +46,24 @@ class Liveness:
         self.heartbeat_s = heartbeat_s
         self.lost_after = lost_after
         self.agents: dict[AgentKey, Agent] = {}
+        self.ended: set[tuple[str, str | None]] = set()
 
     def observe(self, events: Iterable[Event], now: float) -> None:
         """Fold committed events in: heartbeats move deadlines, run ends forget agents."""
         for e in events:
             if e.kind == "watchdog.heartbeat":
                 b = e.body
+                if (e.run, None) in self.ended or (e.run, b.get("shard")) in self.ended:
+                    continue  # an agent flushing after its shard ended is leaving, not lost
                 key = (e.run, str(b["host"]), int(b["pid"]))
                 timeout = self.lost_after * float(b.get("heartbeat_s") or self.heartbeat_s)
                 self.agents[key] = Agent(e.run, key[1], key[2], b.get("shard"), e.ts, e.seq,
                                          now + timeout, timeout)
+            elif e.kind == "run.started":
+                self.ended -= {(e.run, None), (e.run, e.body.get("shard"))}
             elif e.kind in ENDED:
                 shard = e.body.get("shard")
+                self.ended.add((e.run, shard))
                 for key in [k for k, a in self.agents.items()
                             if k[0] == e.run and (shard is None or a.shard == shard)]:
                     del self.agents[key]
