@@ -63,13 +63,15 @@ class DaemonProcess:
 
 
 def start_daemon(db: Path, *, port: int = 0, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None, timeout: float = 30) -> DaemonProcess:
-    """Start `vlmd serve` on `db` and wait until it says where it listens."""
+                 env: dict[str, str] | None = None, timeout: float = 30,
+                 toml: str = "") -> DaemonProcess:
+    """Start `vlmd serve` on `db` and wait until it says where it listens; `toml` is added to
+    its config file (which always turns Datasette off)."""
     stderr_path = db.with_suffix(f".{time.monotonic_ns()}.stderr")
     err = stderr_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vlmd", "serve", "--db", str(db), "--port", str(port),
-         "--config", str(_config_file(db.parent)), *(extra or [])],
+         "--config", str(_config_file(db.parent, toml)), *(extra or [])],
         stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=db.parent,
         env={**os.environ, "VLMD_TOKEN": TOKEN, **(env or {})})
     err.close()
@@ -84,11 +86,24 @@ def start_daemon(db: Path, *, port: int = 0, extra: list[str] | None = None,
     raise RuntimeError(f"vlmd serve did not start in {timeout}s:\n{stderr_path.read_text()}")
 
 
-def _config_file(folder: Path) -> Path:
-    path = folder / "vlmd-test.toml"
+def _config_file(folder: Path, toml: str = "") -> Path:
+    path = folder / f"vlmd-test-{abs(hash(toml))}.toml"
     if not path.exists():
-        path.write_text("[datasette]\nenabled = false\n")
+        path.write_text("[datasette]\nenabled = false\n" + toml)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def vlmd_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Agents' spools and demo models go to a folder of this test session, not ~/.cache."""
+    home = tmp_path_factory.mktemp("vlmd-home")
+    old = os.environ.get("VLMD_HOME")
+    os.environ["VLMD_HOME"] = str(home)
+    yield home
+    if old is None:
+        del os.environ["VLMD_HOME"]
+    else:
+        os.environ["VLMD_HOME"] = old
 
 
 @pytest.fixture

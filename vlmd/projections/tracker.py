@@ -73,9 +73,9 @@ class RunState:
         if self.shard_count and len(self.shards) >= self.shard_count and all(
                 s in ("finished", "failed") for s in self.shards.values()):
             return "failed" if "failed" in self.shards.values() else "finished"
-        if self.started_at is None:
-            return "submitted"
-        return "stalled" if self.stalled else "running"
+        if self.stalled:
+            return "stalled"
+        return "submitted" if self.started_at is None else "running"
 
     @property
     def rate(self) -> float | None:

@@ -54,8 +54,8 @@ export class RunState {
         return states.includes("failed") ? "failed" : "finished";
       }
     }
-    if (this.started_at === null) return "submitted";
-    return this.stalled ? "stalled" : "running";
+    if (this.stalled) return "stalled";
+    return this.started_at === null ? "submitted" : "running";
   }
 
   get rate() {
