@@ -24,7 +24,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from vlmd import submit
+from vlmd import images, submit
 from vlmd.feed import Frame, Subscription, encode
 from vlmd.launcher import Launcher, LaunchError, LaunchSpec
 from vlmd.live import Live, WriteRefused
@@ -224,6 +224,15 @@ class Api:
         return _json({**state.to_dict(), "summary": self.summary(state),
                       "head": self.live.head})
 
+    async def item_image(self, request: Request) -> Response:
+        state = self.run_state(request.path_params["run"])
+        try:
+            data, mime = await trio.to_thread.run_sync(
+                images.item_image, state.dataset, request.path_params["item"])
+        except images.ImageNotFound as e:
+            raise ApiError(404, str(e)) from None
+        return Response(data, media_type=mime, headers={"cache-control": "max-age=3600"})
+
     async def run_items(self, request: Request) -> Response:
         state = self.run_state(request.path_params["run"])
         status = request.query_params.get("status", "all")
@@ -362,10 +371,11 @@ def _guard(handler: Handler) -> Handler:
     return guarded
 
 
-def _reads(api: Api, handler: Handler) -> Handler:
-    """`handler` behind `Api.authorize_read`, guarded."""
+def _reads(api: Api, handler: Handler, *, query: bool = False) -> Handler:
+    """`handler` behind `Api.authorize_read`, guarded; `query` also takes ``?token=`` (for
+    links a browser follows without headers: answers.csv, item images)."""
     async def checked(request: Request) -> Response:
-        api.authorize_read(request)
+        api.authorize_read(request, query=query)
         return await handler(request)
     return _guard(checked)
 
@@ -401,7 +411,10 @@ def build_app(live: Live, token: str, *, max_body: int,
         Route("/api/runs/{run}/resume", _guard(api.resume_run), methods=["POST"]),
         Route("/api/runs/{run}", _reads(api, api.get_run), methods=["GET"]),
         Route("/api/runs/{run}/items", _reads(api, api.run_items), methods=["GET"]),
-        Route("/api/runs/{run}/answers.csv", _reads(api, api.answers_csv), methods=["GET"]),
+        Route("/api/runs/{run}/answers.csv", _reads(api, api.answers_csv, query=True),
+              methods=["GET"]),
+        Route("/api/runs/{run}/items/{item}/image", _reads(api, api.item_image, query=True),
+              methods=["GET"]),
         Route("/api/events", _reads(api, api.list_events), methods=["GET"]),
         Route("/healthz", _guard(api.healthz), methods=["GET"]),
         Route("/metrics", _reads(api, metrics_route(live)), methods=["GET"]),

@@ -23,6 +23,20 @@ export function showConnState(state, detail = "") {
  * Follow the feed from `after`; `onEvents(events)` gets every event once, in seq order.
  * Returns {close()}.
  */
+/** The read token when vlmd asks for one (`[server] read_token`): open a page once with
+ * `?token=...`; it is kept in this browser's localStorage for the other pages. */
+export function readToken() {
+  const given = new URLSearchParams(location.search).get("token");
+  if (given) localStorage.setItem("vlmd-token", given);
+  return given || localStorage.getItem("vlmd-token");
+}
+
+/** `url` with the read token as a query parameter, for links and images (no headers there). */
+export function withToken(url) {
+  const token = readToken();
+  return token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url;
+}
+
 export function followFeed({ after = 0, run = null, onEvents }) {
   let last = after;
   let ws = null;
@@ -34,6 +48,8 @@ export function followFeed({ after = 0, run = null, onEvents }) {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const params = new URLSearchParams({ after: String(last) });
     if (run) params.set("run", run);
+    const token = readToken();
+    if (token) params.set("token", token);
     ws = new WebSocket(`${proto}//${location.host}/api/feed?${params}`);
     ws.onopen = () => {
       delay = BACKOFF_MIN_MS;
@@ -69,7 +85,10 @@ export function followFeed({ after = 0, run = null, onEvents }) {
 
 /** GET a JSON document; null on 404. */
 export async function getJSON(url) {
-  const r = await fetch(url, { headers: { accept: "application/json" } });
+  const headers = { accept: "application/json" };
+  const token = readToken();
+  if (token) headers.authorization = `Bearer ${token}`;
+  const r = await fetch(url, { headers });
   if (r.status === 404) return null;
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
   return r.json();

@@ -5,7 +5,7 @@
 // earlier than one already played counts as that one), scaled by the speed; seeking backwards
 // refolds from the start, which is quick because the fold is O(events).
 
-import { readEvents } from "./feed.js";
+import { readEvents, withToken } from "./feed.js";
 import { showDatasetteLink } from "./links.js";
 import { RunModel } from "./runmodel.js";
 import { RunView, mountRunLayout } from "./runview.js";
@@ -86,7 +86,7 @@ async function main_() {
   }
   document.title = `vlmd · replay ${run}`;
   mountRunLayout(main);
-  document.getElementById("csv-link").href = `/api/runs/${encodeURIComponent(run)}/answers.csv`;
+  document.getElementById("csv-link").href = withToken(`/api/runs/${encodeURIComponent(run)}/answers.csv`);
   const other = document.getElementById("other-link");
   other.href = `run.html?run=${encodeURIComponent(run)}`;
   other.textContent = "live view";

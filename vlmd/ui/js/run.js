@@ -1,6 +1,6 @@
 // The run page: one run's widgets, folded from the feed (`after=0&run=RUN`: the whole run, then live).
 
-import { followFeed, showConnState } from "./feed.js";
+import { followFeed, showConnState, withToken } from "./feed.js";
 import { showDatasetteLink } from "./links.js";
 import { RunModel } from "./runmodel.js";
 import { RunView, mountRunLayout } from "./runview.js";
@@ -14,7 +14,7 @@ if (!run) {
 } else {
   document.title = `vlmd · ${run}`;
   mountRunLayout(main);
-  document.getElementById("csv-link").href = `/api/runs/${encodeURIComponent(run)}/answers.csv`;
+  document.getElementById("csv-link").href = withToken(`/api/runs/${encodeURIComponent(run)}/answers.csv`);
   const other = document.getElementById("other-link");
   other.href = `replay.html?run=${encodeURIComponent(run)}`;
   other.textContent = "replay";

@@ -3,6 +3,7 @@
 // animation frames, and the O(items) parts (histograms, table) to at most SLOW_EVERY_MS.
 
 import { TimeChart, drawHistogram } from "./charts.js";
+import { withToken } from "./feed.js";
 import { outcome } from "./runmodel.js";
 import { metricValues } from "./tracker.js";
 import { progressBar, updateRunFields } from "./runrow.js";
@@ -181,7 +182,7 @@ export class RunView {
 
   imageRow(item) {
     const state = this.model.state;
-    const url = `/api/runs/${encodeURIComponent(state.run)}/items/${encodeURIComponent(item)}/image`;
+    const url = withToken(`/api/runs/${encodeURIComponent(state.run)}/items/${encodeURIComponent(item)}/image`);
     const cell = h("td", { colspan: COLUMNS.length + 1, class: "image-cell" });
     const img = h("img", { src: url, alt: `item ${item}` });
     img.addEventListener("error", () => cell.replaceChildren(h("span", { class: "image-missing" }, "image not available")));
