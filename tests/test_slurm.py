@@ -132,8 +132,9 @@ def test_a_resubmission_makes_a_failed_run_live_until_its_shards_end() -> None:
     resumed = _event(6, run, "run.scheduled", {"scheduler": "slurm", "job": "6", "shards": [1],
                                                "of": 2, "resume": True})
     state = tracker.fold([*events, resumed]).runs[run]
+    # the reason stays as history of the last failure; the status says the run is live again
     assert (state.status, state.reason, state.shards) == (
-        "running", None, {"0/2": "finished", "1/2": "scheduled"})
+        "running", "slurm: task 5_1 NODE_FAIL", {"0/2": "finished", "1/2": "scheduled"})
     done = _event(7, run, "run.finished", {"shard": "1/2"})
     assert tracker.fold([*events, resumed, done]).runs[run].status == "finished"
 

@@ -137,7 +137,7 @@ WITH base AS (
         (SELECT ts FROM ends WHERE run = b.run AND seq > coalesce(b.last_start, 0)
          ORDER BY seq DESC LIMIT 1) AS last_end_at,
         (SELECT json_extract(body, '$.reason') FROM events WHERE run = b.run
-         AND seq > coalesce(b.last_start, 0) AND kind IN ('run.failed', 'run.cancelled')
+         AND kind IN ('run.failed', 'run.cancelled')
          AND coalesce(json_extract(body, '$.reason'), '') != ''
          ORDER BY seq DESC LIMIT 1) AS reason,
         (SELECT CASE WHEN kind = 'run.started'

@@ -43,7 +43,7 @@ class RunState:
     shards: dict[str, str] = field(default_factory=dict)
     shard_count: int | None = None
     ended: str | None = None
-    reason: str | None = None
+    reason: str | None = None  # the latest failure or cancellation reason, kept after a resume
     submitted_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -148,8 +148,6 @@ def _started(s: RunState, e: Event, t: Tracker) -> None:
     s.shards[shard] = "running"
     s.shard_count = int(shard.split("/")[1])
     s.ended = s.finished_at = None
-    if "failed" not in s.shards.values():  # another shard's failure still explains the run
-        s.reason = None
     if s.started_at is None:
         s.started_at = e.ts
     s.stalled = False
@@ -208,8 +206,6 @@ def _scheduled(s: RunState, e: Event, t: Tracker) -> None:
         s.shards[f"{i}/{n}"] = "scheduled"
     if s.ended != "cancelled" or e.body.get("resume"):
         s.ended = s.finished_at = None
-        if "failed" not in s.shards.values():
-            s.reason = None
 
 
 def _ignore(s: RunState, e: Event, t: Tracker) -> None:

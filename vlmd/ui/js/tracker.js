@@ -131,7 +131,7 @@ function started(s, e) {
   s.shard_totals.set(shard, e.body.total);
   s.shards.set(shard, "running");
   s.shard_count = Number(shard.split("/")[1]);
-  s.ended = s.reason = s.finished_at = null;
+  s.ended = s.finished_at = null;
   if (s.started_at === null) s.started_at = e.ts;
   s.stalled = false;
 }
