@@ -1,17 +1,20 @@
-"""Tiny LLaVA-style demo models, built offline and deterministically.
+"""Tiny LLaVA-style demo models, built offline and deterministically, and taught the demo set.
 
 `build(name, directory)` writes a model folder that `AutoProcessor` and
 `AutoModelForImageTextToText` load like any local checkpoint, so the ``hf:`` backend (and
 ``transformers serve``) run it through the same code path as a real VLM. Nothing is downloaded:
-the byte-level BPE tokenizer is trained in-process on a fixed corpus and the weights come from a
-fixed seed. The two models differ clearly in size and speed:
+the byte-level BPE tokenizer is trained in-process on demo prompts, the weights start from a
+fixed seed and are then trained briefly on CPU (`vlmd_agent.demo_train`) to answer the demo
+dataset's questions with the right option's text. The two models trade accuracy for cost:
 
-- ``tiny``: 32x32 images, ~150k parameters.
-- ``small``: 64x64 images, a 4-layer 256-wide language model, several million parameters.
+- ``tiny``: 32x32 images in 4-pixel patches, ~120k parameters, ~5 s of training: it mostly
+  tells colours apart, shapes and counts hardly better than chance (~0.5 on the demo set).
+- ``small``: 64x64 images in 8-pixel patches, ~1.3M parameters, ~22 s of training: colours,
+  most shapes and most counts (~0.83), at about twice tiny's time per answer.
 
-The weights are untrained, so answers are arbitrary tokens; the models exist to exercise the
-pipeline and its metrics, not to score well.
-
+Both cut the picture into the same 8x8 grid of patches, so their prompts are equally long; what
+holds tiny back is its short training (with fewer, coarser patches this task gets easier, not
+harder: an 8x8-pixel tiny learns it almost perfectly).
 torch, transformers and tokenizers are the agent's optional ``hf`` extra: they are imported
 inside the functions that need them.
 """
@@ -27,7 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-RECIPE_VERSION = 1
+from vlmd_agent import demo_train
+from vlmd_agent.demo_train import TrainPlan
+
+RECIPE_VERSION = 2  # 2: trained on the demo questions; 1 was untrained
 MANIFEST = "vlmd-demo-manifest.json"
 SEED = 0
 IMAGE_TOKEN = "<image>"
@@ -46,7 +52,8 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class DemoSpec:
-    """The shape of one demo model: image size, vision tower and language model widths."""
+    """The shape of one demo model: image size, vision tower and language model widths, the
+    standard deviation of the initial weights, and how it is trained."""
 
     image_size: int
     patch_size: int
@@ -58,32 +65,40 @@ class DemoSpec:
     text_layers: int
     text_heads: int
     text_intermediate: int
+    # with transformers' default of 0.02, models this small guess among the options for hundreds
+    # of steps before they start to use the picture; a larger start gets there far sooner
+    init_std: float
+    train: TrainPlan
 
 
 SPECS: dict[str, DemoSpec] = {
     "tiny": DemoSpec(
         image_size=32,
-        patch_size=8,
-        vocab_size=400,
+        patch_size=4,
+        vocab_size=512,
         vision_hidden=32,
         vision_layers=2,
         vision_heads=2,
-        text_hidden=64,
+        text_hidden=48,
         text_layers=2,
         text_heads=4,
-        text_intermediate=128,
+        text_intermediate=96,
+        init_std=0.1,
+        train=TrainPlan(images=600, steps=150, batch_size=8, learning_rate=3e-3),
     ),
     "small": DemoSpec(
         image_size=64,
         patch_size=8,
         vocab_size=512,
-        vision_hidden=128,
-        vision_layers=4,
+        vision_hidden=64,
+        vision_layers=2,
         vision_heads=4,
-        text_hidden=256,
-        text_layers=4,
-        text_heads=8,
-        text_intermediate=688,
+        text_hidden=192,
+        text_layers=2,
+        text_heads=4,
+        text_intermediate=576,
+        init_std=0.06,
+        train=TrainPlan(images=1000, steps=240, batch_size=6, learning_rate=1.5e-3),
     ),
 }
 
@@ -99,7 +114,9 @@ def build(name: str, directory: Path) -> Path:
     Idempotent: a manifest records the recipe and a SHA-256 of every file; when it matches what
     is on disk the folder is returned untouched, otherwise it is rebuilt (into a temporary
     folder, then renamed into place, so a crash never leaves a half-built model behind).
-    Two builds of the same name give byte-identical files.
+    Two builds of the same name give byte-identical files on the same machine (training runs
+    on one thread from fixed seeds); another CPU may round differently and train slightly other
+    weights, which the manifest records as they are.
 
     Errors:
         ValueError: ``name`` is not one of `names()`.
@@ -160,25 +177,17 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _corpus() -> list[str]:
-    colours = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "grey"]
-    shapes = ["square", "circle", "triangle", "image", "picture", "background"]
-    lines = []
-    for colour in colours:
-        for shape in shapes:
-            lines.append(f"What colour is the {shape}? The {shape} is {colour}.")
-            lines.append(f"Question: Is the {shape} {colour}? Answer: yes. A. B. C. D.")
-    lines.append("user: assistant: Answer with the letter of the correct option.")
-    lines.append("0 1 2 3 4 5 6 7 8 9 , . ; : ! ? ( ) [ ] A B C D E")
-    return lines
-
-
 def _write_tokenizer(spec: DemoSpec) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Whole lines may become single tokens ("A. red\n"): a demo prompt is a dozen tokens plus
+    # the image's, which keeps training and generation fast. Any text still encodes, byte-wise.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="merged_with_previous"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=spec.vocab_size,
@@ -186,7 +195,7 @@ def _write_tokenizer(spec: DemoSpec) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(demo_train.corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -229,6 +238,7 @@ def _write_model(spec: DemoSpec, folder: Path) -> None:
         image_size=side,
         patch_size=spec.patch_size,
         projection_dim=spec.vision_hidden,
+        initializer_range=spec.init_std,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -238,6 +248,7 @@ def _write_model(spec: DemoSpec, folder: Path) -> None:
         num_attention_heads=spec.text_heads,
         num_key_value_heads=spec.text_heads,
         max_position_embeddings=512,
+        initializer_range=spec.init_std,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -250,7 +261,8 @@ def _write_model(spec: DemoSpec, folder: Path) -> None:
         vision_feature_layer=-1,
     )
     torch.manual_seed(SEED)
-    model = LlavaForConditionalGeneration(config).eval()  # type: ignore[no-untyped-call]
+    model = LlavaForConditionalGeneration(config)
+    demo_train.train(model, processor, spec.train)
     model.generation_config.do_sample = False
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
