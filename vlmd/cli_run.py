@@ -149,7 +149,8 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         async with connect(config) as (client, embedded):
             states = []
             for model in DEMO_MODELS:
-                body: dict[str, Any] = {"model": model, "dataset": str(dataset)}
+                body: dict[str, Any] = {"model": model, "dataset": str(dataset),
+                                        "name": model.replace(":", "-")}
                 if args.limit:
                     body["limit"] = args.limit
                 states.append(await run_one(client, body, Path(args.out)))
