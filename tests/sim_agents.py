@@ -27,6 +27,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -118,8 +119,8 @@ async def main(args: argparse.Namespace) -> None:
             async with trio.open_nursery() as nursery:
                 for agent in agents:
                     index, count = wire.shard_of(agent.cfg.shard or "0/1")
-                    nursery.start_soon(lambda a=agent: run_sampler(
-                        a.dog.sampler, os.getpid, a.on_batch, batch_s=SAMPLE_BATCH_S))
+                    nursery.start_soon(partial(run_sampler, agent.dog.sampler, os.getpid,
+                                               agent.on_batch, batch_s=SAMPLE_BATCH_S))
                     nursery.start_soon(heartbeats, agent)
                     nursery.start_soon(run_items, agent, datasets.shard(data.items, index, count),
                                        args.item_rate)

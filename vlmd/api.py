@@ -300,10 +300,15 @@ class Api:
             await ws.close(WS_POLICY, _reason(f"after must be a non-negative integer, "
                                               f"not {after_text[:40]!r}"))
             return
+        kinds = ws.query_params.getlist("kind") or None
+        if kinds is not None and len(kinds) > MAX_KINDS:
+            await ws.close(WS_POLICY, _reason(f"at most {MAX_KINDS} kind filters, "
+                                              f"not {len(kinds)}"))
+            return
         if run is not None:
             found = self.live.tracker.find(run)
             run = found.run if found else run
-        sub = self.live.subscribe(run)
+        sub = self.live.subscribe(run, kinds)
         after = sub.head if after_text is None else int(after_text)
         try:
             async with trio.open_nursery() as nursery:
@@ -319,7 +324,7 @@ class Api:
         """The backlog after `after` up to the subscription's head, then live frames; no gap and
         no duplicate at the seam, because the subscription only holds frames past its head."""
         last = after
-        async for frame in self._backlog(sub.run, after, sub.head):
+        async for frame in self._backlog(sub, after):
             await ws.send_text(frame.text)
             last = frame.last_seq
         last = max(last, sub.head)
@@ -333,10 +338,10 @@ class Api:
         else:
             await ws.close(WS_GOING_AWAY, f"vlmd is stopping; reconnect with after={last}")
 
-    async def _backlog(self, run: str | None, after: int, until: int) -> AsyncIterator[Frame]:
-        if after >= until:
+    async def _backlog(self, sub: Subscription, after: int) -> AsyncIterator[Frame]:
+        if after >= sub.head:
             return
-        stream = self.live.log.read(after=after, until=until, run=run)
+        stream = self.live.log.read(after=after, until=sub.head, run=sub.run, kinds=sub.kinds)
 
         def chunk() -> list[Any]:
             return list(itertools.islice(stream, BACKLOG_FRAME))

@@ -3,12 +3,12 @@
 `Feed.publish` is synchronous and never blocks: each subscriber has a bounded buffer of frames,
 and one whose buffer is full is dropped (its stream ends; the WebSocket handler tells the client
 to reconnect with ``after=``). A frame is a JSON array of events, serialised once per publish
-and per run filter, however many subscribers share it.
+and per distinct filter (run, kinds), however many subscribers share it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -31,15 +31,35 @@ def encode(events: Sequence[Event]) -> Frame:
     return Frame(events[0].seq, events[-1].seq, "[" + body.decode() + "]")
 
 
+def kind_filter(kinds: Iterable[str] | None) -> Callable[[str], bool] | None:
+    """A test of event kinds against `kinds` (exact, or ``prefix.*``) as `EventLog.read`
+    applies them; None (everything) for None."""
+    if kinds is None:
+        return None
+    wanted = set(kinds)
+    exact = frozenset(k for k in wanted if not k.endswith(".*"))
+    prefixes = tuple(k[:-1] for k in wanted if k.endswith(".*"))
+    return lambda kind: kind in exact or kind.startswith(prefixes)
+
+
 @dataclass(eq=False)
 class Subscription:
-    """One subscriber: the frames published after it subscribed, for one run or for all."""
+    """One subscriber: the frames published after it subscribed, for one run or for all, of
+    the `kinds` it asked for (None: every kind)."""
 
     run: str | None
     head: int
     send: trio.MemorySendChannel[Frame]
     receive: trio.MemoryReceiveChannel[Frame]
     dropped: bool = False
+    kinds: frozenset[str] | None = None
+    wants: Callable[[Event], bool] | None = field(init=False, repr=False)
+    """The filter of events (run and kinds), None when this subscriber takes every event."""
+
+    def __post_init__(self) -> None:
+        of_kind, run = kind_filter(self.kinds), self.run
+        self.wants = None if run is None and of_kind is None else (
+            lambda e: (run is None or e.run == run) and (of_kind is None or of_kind(e.kind)))
 
 
 @dataclass
@@ -51,11 +71,14 @@ class Feed:
     published: int = 0
     dropped: int = 0
 
-    def subscribe(self, run: str | None, head: int) -> Subscription:
+    def subscribe(self, run: str | None, head: int,
+                  kinds: Iterable[str] | None = None) -> Subscription:
         """Register a subscriber for frames published from now on; `head` is the last seq the
-        caller has already covered (it reads the backlog up to there itself)."""
+        caller has already covered (it reads the backlog up to there itself); `kinds` as in
+        `EventLog.read` (None: every kind)."""
         send, receive = trio.open_memory_channel[Frame](self.buffer)
-        sub = Subscription(run, head, send, receive)
+        sub = Subscription(run, head, send, receive,
+                           kinds=None if kinds is None else frozenset(kinds))
         self.subscribers.add(sub)
         return sub
 
@@ -69,12 +92,14 @@ class Feed:
         if not events or not self.subscribers:
             return
         self.published += len(events)
-        frames: dict[str | None, Frame | None] = {}
+        frames: dict[tuple[str | None, frozenset[str] | None], Frame | None] = {}
         for sub in list(self.subscribers):
-            if sub.run not in frames:
-                chosen = events if sub.run is None else [e for e in events if e.run == sub.run]
-                frames[sub.run] = encode(chosen) if chosen else None
-            frame = frames[sub.run]
+            key = (sub.run, sub.kinds)
+            if key not in frames:
+                wants = sub.wants
+                chosen = events if wants is None else [e for e in events if wants(e)]
+                frames[key] = encode(chosen) if chosen else None
+            frame = frames[key]
             if frame is None:
                 continue
             try:

@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -41,6 +42,15 @@ def _describe(e: sqlite3.Error, path: object) -> tuple[str, int]:
     return f"cannot write the log {path}: {e}", 503
 
 
+@dataclass(eq=False)
+class _Waiting:
+    """One `Live.append` call in a group commit: its batch, then its outcome."""
+
+    events: Sequence[dict[str, Any]]
+    done: Appended | None = None
+    error: Exception | None = None
+
+
 class Live:
     """The log, its tracker fold, the feed, and ingest counters."""
 
@@ -57,6 +67,7 @@ class Live:
         self.started_at = time.time()
         self.write_error: str | None = None  # why the last append failed; None once one works
         self._lock = trio.Lock()
+        self._waiting: list[_Waiting] = []  # batches for the next group commit
 
     @property
     def head(self) -> int:
@@ -77,35 +88,62 @@ class Live:
     async def append(self, events: Sequence[dict[str, Any]]) -> Appended:
         """Append validated envelopes, then fold and publish what was stored.
 
+        Group commit: batches that arrive while a commit runs wait for the lock, and the first
+        of them to get it commits them all in one transaction (one writer-thread hop and one
+        fsync for many POSTs); each caller still gets its own `Appended`.
+
         Shielded: once a batch is handed to the writer it is committed, folded and published
         even if the request that brought it is cancelled, so the state never diverges from the
         log. Raises WriteRefused when SQLite cannot write (disk full, I/O error): the batch is
         rolled back whole, `write_error` says why until an append works again.
         """
+        mine = _Waiting(events)
         with trio.CancelScope(shield=True):
+            self._waiting.append(mine)
             async with self._lock:
-                received, began = time.time(), time.perf_counter()
-                try:
-                    done = await trio.to_thread.run_sync(self.log.append, events, received)
-                except sqlite3.OperationalError as e:
-                    message, status = _describe(e, self.log.path)
-                    if self.write_error is None:
-                        log.error("refusing writes: %s", message)
-                    self.write_error = message
-                    raise WriteRefused(message, status) from None
-                if self.write_error is not None:
-                    log.warning("writes work again (the log is at seq %d)", done.last_seq)
-                    self.write_error = None
-                for event in done.events:
-                    tracker.apply(self.tracker, event)
-                    self.appended_by_kind[event.kind] += 1
-                    self.gpus.apply(event)
-                if self.liveness is not None:
-                    self.liveness.observe(done.events, trio.current_time())
-                self.feed.publish(done.events)
-                self.ingest_latency.observe(time.perf_counter() - began)
-        return done
+                if mine.done is None and mine.error is None:
+                    await self._commit()
+        if mine.error is not None:
+            raise mine.error
+        assert mine.done is not None
+        return mine.done
 
-    def subscribe(self, run: str | None) -> Subscription:
+    async def _commit(self) -> None:
+        """Commit, fold and publish every waiting batch; called with the lock held."""
+        group, self._waiting = self._waiting, []
+        received, began = time.time(), time.perf_counter()
+        try:
+            results = await trio.to_thread.run_sync(
+                self.log.append_many, [w.events for w in group], received)
+        except sqlite3.OperationalError as e:
+            message, status = _describe(e, self.log.path)
+            if self.write_error is None:
+                log.error("refusing writes: %s", message)
+            self.write_error = message
+            for w in group:
+                w.error = WriteRefused(message, status)
+            return
+        except Exception as e:  # a bug: every caller of the group hears of it
+            for w in group:
+                w.error = e
+            return
+        if self.write_error is not None:
+            log.warning("writes work again (the log is at seq %d)", results[-1].last_seq)
+            self.write_error = None
+        stored = [event for done in results for event in done.events]  # in seq order
+        for event in stored:
+            tracker.apply(self.tracker, event)
+            self.appended_by_kind[event.kind] += 1
+            self.gpus.apply(event)
+        if self.liveness is not None:
+            self.liveness.observe(stored, trio.current_time())
+        for done in results:  # a frame per batch, as sent: one per group would be huge
+            self.feed.publish(done.events)
+        took = time.perf_counter() - began
+        for w, done in zip(group, results, strict=True):
+            w.done = done
+            self.ingest_latency.observe(took)
+
+    def subscribe(self, run: str | None, kinds: Sequence[str] | None = None) -> Subscription:
         """A feed subscription that starts right after `head` (read the backlog up to there)."""
-        return self.feed.subscribe(run, self.head)
+        return self.feed.subscribe(run, self.head, kinds)

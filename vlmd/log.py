@@ -109,8 +109,27 @@ class EventLog:
         An event whose key is already in the log is a duplicate: it is counted, not stored.
         The batch must not repeat a key (`vlmd_agent.wire.validate` refuses that).
         """
-        rows = [(e["key"], e["run"], e["kind"], float(e["ts"]), received,
-                 orjson.dumps(e["body"]).decode()) for e in events]
+        return self.append_many([events], received)[0]
+
+    def append_many(self, batches: Sequence[Sequence[dict[str, Any]]], received: float
+                    ) -> list[Appended]:
+        """Append several batches in one transaction (a group commit); all or nothing.
+
+        Each batch gets its own `Appended`; a key that an earlier batch of the group carries
+        is a duplicate in the later one, as if the batches had been appended one by one.
+        """
+        seen: set[str] = set()
+        rows: list[tuple[str, str, str, float, float, str]] = []
+        firsts: list[list[tuple[dict[str, Any], int]]] = []  # per batch: (event, row index)
+        for events in batches:
+            mine = []
+            for e in events:
+                if e["key"] not in seen:
+                    seen.add(e["key"])
+                    mine.append((e, len(rows)))
+                    rows.append((e["key"], e["run"], e["kind"], float(e["ts"]), received,
+                                 orjson.dumps(e["body"]).decode()))
+            firsts.append(mine)
         with self._lock:
             conn = self._conn
             first = self._last_seq + 1
@@ -121,24 +140,24 @@ class EventLog:
                                  " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING", rows)
                 stored = conn.total_changes - before
                 if stored == len(rows):
-                    seqs: Iterable[int] = range(first, first + stored)
-                    kept = list(zip(seqs, events, rows, strict=True))
+                    seqs: list[int | None] = list(range(first, first + stored))
                 else:
                     by_key = dict(conn.execute("SELECT key, seq FROM events WHERE seq >= ?",
                                                (first,)).fetchall())
-                    kept = [(by_key[r[0]], e, r) for e, r in zip(events, rows, strict=True)
-                            if r[0] in by_key]
+                    seqs = [by_key.get(r[0]) for r in rows]
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            if kept:
-                self._last_seq = kept[-1][0]
+            self._last_seq = max((q for q in seqs if q is not None), default=self._last_seq)
             last = self._last_seq
-        stored_events = [Event(seq, r[0], r[1], r[2], r[3], received, e["body"], r[5])
-                         for seq, e, r in kept]
-        return Appended(stored_events, len(rows) - len(stored_events), last)
+        done = []
+        for events, mine in zip(batches, firsts, strict=True):
+            kept = [Event(q, *rows[i][:5], e["body"], rows[i][5]) for e, i in mine
+                    if (q := seqs[i]) is not None]
+            done.append(Appended(kept, len(events) - len(kept), last))
+        return done
 
     def read(self, *, after: int = 0, run: str | None = None, kinds: Iterable[str] | None = None,
              limit: int | None = None, until: int | None = None) -> Iterator[Event]:

@@ -123,8 +123,9 @@ async function main() {
   }).observe(document.getElementById("scatter"));
   const feed = followFeed({
     after: list.last_seq,
+    kinds: ["run.*", "item.*", "alert.*"],  // samples and heartbeats change nothing here
     onEvents(events) {
-      for (const e of events) if (e.kind !== "watchdog.sample" && e.kind !== "watchdog.heartbeat") refreshSoon(e.run);
+      for (const e of events) refreshSoon(e.run);
     },
   });
   window.vlmd = { runs, feed, render };

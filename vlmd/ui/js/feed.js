@@ -1,4 +1,5 @@
-// The live feed: `WS /api/feed?after=SEQ[&run=RUN]`, reconnected by itself with the last seq seen.
+// The live feed: `WS /api/feed?after=SEQ[&run=RUN][&kind=K...]`, reconnected by itself with the
+// last seq seen.
 //
 // The daemon closes with 1013 when this client is too slow and 1001 when it stops; any close or
 // failed connect is retried with exponential backoff (capped at BACKOFF_MAX_MS), resuming after
@@ -20,7 +21,8 @@ export function showConnState(state, detail = "") {
 }
 
 /**
- * Follow the feed from `after`; `onEvents(events)` gets every event once, in seq order.
+ * Follow the feed from `after`; `onEvents(events)` gets every event once, in seq order; with
+ * `kinds` (exact kinds or `prefix.*`), only events of those kinds are sent at all.
  * Returns {close()}.
  */
 /** The read token when vlmd asks for one (`[server] read_token`): open a page once with
@@ -37,7 +39,7 @@ export function withToken(url) {
   return token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url;
 }
 
-export function followFeed({ after = 0, run = null, onEvents }) {
+export function followFeed({ after = 0, run = null, kinds = null, onEvents }) {
   let last = after;
   let ws = null;
   let delay = BACKOFF_MIN_MS;
@@ -48,6 +50,7 @@ export function followFeed({ after = 0, run = null, onEvents }) {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const params = new URLSearchParams({ after: String(last) });
     if (run) params.set("run", run);
+    for (const kind of kinds ?? []) params.append("kind", kind);
     const token = readToken();
     if (token) params.set("token", token);
     ws = new WebSocket(`${proto}//${location.host}/api/feed?${params}`);

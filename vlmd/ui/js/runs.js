@@ -2,7 +2,8 @@
 //
 // Start-up: `GET /api/runs` paints at once and gives the head seq; the log's run/item/alert/
 // heartbeat events up to that head are then folded (samples are skipped: the tracker ignores
-// them), and the feed is followed from the head. From then on only the feed moves the page.
+// them), and the feed is followed from the head for the same kinds, so vlmd does not even send
+// the samples. From then on only the feed moves the page.
 
 import { followFeed, getJSON, readEvents } from "./feed.js";
 import { runTableRow, updateRunFields } from "./runrow.js";
@@ -54,7 +55,7 @@ async function main() {
   tracker.last_seq = head;
   for (const run of tracker.runs.keys()) dirty.add(run);
   render();
-  window.vlmd = { tracker, feed: followFeed({ after: head, onEvents }) };
+  window.vlmd = { tracker, feed: followFeed({ after: head, kinds: TRACKED_KINDS, onEvents }) };
 }
 
 main();
