@@ -153,8 +153,9 @@ class EventLog:
             self._last_seq = max((q for q in seqs if q is not None), default=self._last_seq)
             last = self._last_seq
         done = []
+        new = tuple.__new__  # Event(...) without the keyword-capable __new__: ~2x faster
         for events, mine in zip(batches, firsts, strict=True):
-            kept = [Event(q, *rows[i][:5], e["body"], rows[i][5]) for e, i in mine
+            kept = [new(Event, (q, *rows[i][:5], e["body"], rows[i][5])) for e, i in mine
                     if (q := seqs[i]) is not None]
             done.append(Appended(kept, len(events) - len(kept), last))
         return done

@@ -156,19 +156,26 @@ def _started(s: RunState, e: Event, t: Tracker) -> None:
 def _item(s: RunState, e: Event, t: Tracker) -> None:
     b = e.body
     ok = e.kind == "item.completed"
-    item = str(b["item"])
+    item = b["item"]
+    if type(item) is not str:
+        item = str(item)
     old = s.items.get(item)
     s.recent.append(e.ts)
     s.stalled = False
-    if old is not None and old.ok and not ok:
+    if old is None:
+        if ok:
+            s.done += 1
+        else:
+            s.failed += 1
+    elif old.ok and not ok:
         return  # a completed item stays completed; a later failure of a retry does not undo it
-    s.items[item] = ItemResult(ok, b.get("score"), b.get("ttft_ms"), b.get("tpot_ms"),
-                               b.get("e2e_ms"), b.get("vram_peak_delta_mb"))
-    if old is not None:
-        s.done -= old.ok
-        s.failed -= not old.ok
-    s.done += ok
-    s.failed += not ok
+    elif old.ok != ok:  # a failed item retried and completed
+        s.done += 1
+        s.failed -= 1
+    get = b.get
+    s.items[item] = tuple.__new__(ItemResult, (  # ItemResult(...), without its slow __new__
+        ok, get("score"), get("ttft_ms"), get("tpot_ms"), get("e2e_ms"),
+        get("vram_peak_delta_mb")))
 
 
 def _heartbeat(s: RunState, e: Event, t: Tracker) -> None:
