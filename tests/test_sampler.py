@@ -1,23 +1,25 @@
-"""The sampler: wire samples, the ring buffer, heartbeat summaries, and the drift-free loop."""
+"""The sampler: wire samples, the ring buffer, heartbeat summaries, the drift-free loop in its
+thread, and its batches in trio."""
 
 from __future__ import annotations
 
 import itertools
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
-import trio.testing
 
 from tests import fake_pynvml as fake
 from vlmd_agent.gpu import DEVICE_KEYS, NullSource, open_gpus
 from vlmd_agent.memory import RamReader
-from vlmd_agent.sampler import Sample, Sampler, run_sampler
+from vlmd_agent.sampler import Sample, Sampler, run_sampler, tick_every
 
 ME = os.getpid()
 MB = 1024 * 1024
@@ -90,55 +92,113 @@ def test_bad_interval_is_refused() -> None:
         Sampler(NullSource("x"), interval_s=0)
 
 
-async def _run_for(sampler: Sampler, seconds: float, pid_fn: Any = lambda: ME,
-                   ) -> tuple[list[list[Sample]], list[float]]:
-    batches: list[list[Sample]] = []
+class FakeClock:
+    """A clock for `tick_every`: `wait` jumps to the deadline, or stops past `stop_at` seconds."""
+
+    def __init__(self, stop_at: float) -> None:
+        self.now, self.stop_at = 1000.0, 1000.0 + stop_at
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        if self.now + seconds > self.stop_at:
+            return True
+        self.now += seconds
+        return False
+
+
+def test_ticks_are_on_a_fixed_grid() -> None:
+    clock = FakeClock(3.01)
+    ticks: list[float] = []
+    tick_every(0.05, lambda: ticks.append(clock() - 1000.0), clock.wait, clock)
+    assert ticks == pytest.approx([0.05 * k for k in range(1, 61)])
+
+
+def test_ticks_missed_in_a_stall_are_skipped_without_drifting() -> None:
+    clock = FakeClock(1.0)
     ticks: list[float] = []
 
-    def pid() -> int | None:
-        ticks.append(trio.current_time())
-        result: int | None = pid_fn()
-        return result
+    def tick() -> None:
+        ticks.append(clock() - 1000.0)
+        if len(ticks) == 11:
+            clock.now += 0.22  # the process was stopped for 220 ms during this tick
 
-    with trio.move_on_after(seconds):
-        await run_sampler(sampler, pid, batches.append)
-    return batches, ticks
-
-
-async def test_run_sampler_is_on_a_fixed_grid_and_batches_each_second(
-        null_sampler: Sampler, autojump_clock: trio.testing.MockClock) -> None:
-    start = trio.current_time()
-    batches, ticks = await _run_for(null_sampler, 3.01)
-    assert len(ticks) == 60
-    assert [t - start for t in ticks] == pytest.approx([0.05 * k for k in range(1, 61)])
-    assert [len(b) for b in batches] == [20, 20, 20]
-    kept = null_sampler.recent(3600)
-    assert len(kept) == 41  # the ring holds keep_s / interval_s + 1
-    assert [s for b in batches for s in b][-41:] == kept
-
-
-async def test_run_sampler_skips_ticks_missed_in_a_stall_without_drifting(
-        null_sampler: Sampler, autojump_clock: trio.testing.MockClock) -> None:
-    start = trio.current_time()
-
-    def stall_once() -> int:
-        if len(ticks_seen) == 10:
-            autojump_clock.jump(0.22)  # the process was stopped for 220 ms
-        ticks_seen.append(0)
-        return ME
-
-    ticks_seen: list[int] = []
-    batches, ticks = await _run_for(null_sampler, 1.0, stall_once)
-    steps = [(t - start) / 0.05 for t in ticks]
+    tick_every(0.05, tick, clock.wait, clock)
+    steps = [t / 0.05 for t in ticks]
     assert all(math.isclose(k, round(k), abs_tol=1e-6) for k in steps)
     gaps = [round(b - a) for a, b in itertools.pairwise(steps)]
-    # The 11th tick stalls: the 4 ticks due during the stall are skipped, then the grid resumes.
+    # The 4 ticks due during the stall are skipped, then the grid resumes.
     assert gaps == [1] * 10 + [5] + [1] * (len(gaps) - 11)
-    assert sum(len(b) for b in batches) == len(ticks)
 
 
-async def test_run_sampler_delivers_the_last_partial_batch_when_cancelled(
-        null_sampler: Sampler, autojump_clock: trio.testing.MockClock) -> None:
-    batches, ticks = await _run_for(null_sampler, 1.5)
-    assert [len(b) for b in batches] == [20, 9]
-    assert len(ticks) == 29
+def test_a_stop_ends_the_ticks_at_once_not_at_the_next_tick() -> None:
+    stop = threading.Event()
+    ticks: list[float] = []
+    thread = threading.Thread(target=tick_every, args=(60.0, lambda: ticks.append(1), stop.wait),
+                              daemon=True)
+    thread.start()
+    time.sleep(0.05)
+    asked = time.perf_counter()
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive() and time.perf_counter() - asked < 0.2
+    assert ticks == []
+
+
+async def _run_for(sampler: Sampler, seconds: float, pid_fn: Any = lambda: ME, *,
+                   batch_s: float = 1.0) -> tuple[list[list[Sample]], float]:
+    """Run the real sampler for `seconds`: its batches, and how long it took to stop."""
+    batches: list[list[Sample]] = []
+    with trio.CancelScope() as scope:
+        scope.deadline = trio.current_time() + seconds
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(run_sampler, sampler, pid_fn, batches.append,
+                                       batch_s=batch_s))
+            await trio.sleep_forever()
+    return batches, trio.current_time() - scope.deadline
+
+
+def _sampler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "vlmd sampler"]
+
+
+async def test_run_sampler_samples_at_its_rate_in_a_thread_and_stops_promptly(
+        null_sampler: Sampler) -> None:
+    pids: list[str] = []
+
+    def pid() -> int:
+        pids.append(threading.current_thread().name)
+        return ME
+
+    batches, stopping = await _run_for(null_sampler, 1.0, pid, batch_s=2.0)
+    taken = [s for b in batches for s in b]
+    # 20 Hz for 1 s is 20 samples; a loaded machine may lose a few (10 Hz would be 10), but
+    # never adds any.
+    assert 14 <= len(taken) <= 21, len(taken)
+    assert set(pids) == {"vlmd sampler"}
+    assert stopping < 0.2, stopping
+    assert _sampler_threads() == []
+    assert batches == [taken]  # shorter than a batch: one partial batch, delivered on cancel
+    assert null_sampler.recent(3600) == taken
+
+
+async def test_run_sampler_batches_every_batch_s_and_loses_no_sample(
+        null_sampler: Sampler) -> None:
+    batches, _ = await _run_for(null_sampler, 1.05, batch_s=0.25)
+    taken = [s for b in batches for s in b]
+    # At 0.25, 0.5, 0.75 and 1.0 s, then what is left at 1.05 s (if a sample was taken).
+    assert 4 <= len(batches) <= 5 and all(batches), [len(b) for b in batches]
+    assert all(len(b) <= 8 for b in batches[:4])  # a quarter second is 5 samples
+    assert 14 <= len(taken) <= 22, len(taken)
+    # Every sample the thread took (the ring holds them all) was delivered once, in order.
+    assert null_sampler.recent(3600) == taken
+
+
+async def test_an_error_in_the_sampling_thread_is_raised_in_trio(null_sampler: Sampler) -> None:
+    def broken() -> int:
+        raise RuntimeError("no pid today")
+
+    with trio.fail_after(5), pytest.raises(RuntimeError, match="no pid today"):
+        await run_sampler(null_sampler, broken, lambda batch: None, batch_s=0.1)
+    assert _sampler_threads() == []

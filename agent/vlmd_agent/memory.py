@@ -12,16 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 MB = 1024 * 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
 # cgroup v1 has no "unlimited" value: it reports the largest page-aligned long instead.
 _V1_UNLIMITED = 1 << 62
-# Walking the whole process table for children costs a read per process on the host (~2 ms for
-# 75 processes), so the tree is found again every 2 s; its members' RSS is read every sample.
+# Walking the whole process table for children costs a read per process on the host (~0.6 ms
+# for 130 processes), so the tree is found again every 2 s; its members' RSS is read every sample.
 TREE_REFRESH_S = 2.0
 
 
@@ -178,13 +176,42 @@ class RamReader:
 
 
 def _tree(pid: int | None) -> set[int]:
+    """`pid` and its descendants (empty if it is gone), from one pass over ``/proc/*/stat``.
+
+    Done here with one read per process: psutil's ``children(recursive=True)`` does the same
+    walk through file objects and costs about twice as much.
+    """
     if pid is None:
         return set()
-    try:
-        root = psutil.Process(pid)
-        return {pid, *(p.pid for p in root.children(recursive=True))}
-    except psutil.Error:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (ppid := _ppid(name)) is not None:
+            children.setdefault(ppid, []).append(int(name))
+    if not os.path.exists(f"/proc/{pid}"):
         return set()
+    found, todo = {pid}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _ppid(pid: str) -> int | None:
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # exited since listed
+    try:
+        stat = os.read(fd, 512)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last.
+    fields = stat[stat.rfind(b")") + 2:].split(None, 2)
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def _mb(n: int | None) -> float | None:

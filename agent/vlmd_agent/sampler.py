@@ -1,5 +1,8 @@
 """The watchdog's sampler: one wire sample of GPU + RAM, a ring buffer, and the 20 Hz loop.
 
+The loop runs in a plain thread: a trio wakeup costs about three times a thread's, more than
+the sample itself (docs/BENCHMARKS.md). Trio only collects the samples, once a batch.
+
 A wire sample (the ``watchdog.sample`` body's ``samples`` entries)::
 
     {"t": 1796210000.123,                  # time.time() when taken
@@ -12,6 +15,7 @@ A wire sample (the ``watchdog.sample`` body's ``samples`` entries)::
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +27,9 @@ from .gpu import GpuSource
 from .memory import RamReader
 
 Sample = dict[str, Any]
+# How long stopping waits for the sampling thread; it only overruns while NVML is wedged, and
+# then it is left behind (a daemon thread) rather than holding up the watchdog's exit.
+STOP_WAIT_S = 1.0
 
 
 class Sampler:
@@ -38,27 +45,33 @@ class Sampler:
         self.interval_s = interval_s
         self.keep_s = keep_s
         self._ring: deque[Sample] = deque(maxlen=math.ceil(keep_s / interval_s) + 1)
+        # The sampling thread and trio both sample and read the ring: one at a time. A wedged
+        # NVML call holds it, so heartbeats stop too and vlmd reports the agent lost.
+        self._lock = threading.Lock()
 
     def sample(self, pid: int | None) -> Sample:
         """A wire sample of the process tree rooted at `pid` (the wrapper), kept in the ring."""
-        ram = self.ram.sample(pid)
-        g = self.gpus.sample(self.ram.tree_pids())
-        s: Sample = {"t": time.time(), "gpus": g.gpus, "ram": ram, "gpu_source": g.source}
-        if g.error is not None:
-            s["gpu_error"] = g.error
-        self._ring.append(s)
+        with self._lock:
+            ram = self.ram.sample(pid)
+            g = self.gpus.sample(self.ram.tree_pids())
+            s: Sample = {"t": time.time(), "gpus": g.gpus, "ram": ram, "gpu_source": g.source}
+            if g.error is not None:
+                s["gpu_error"] = g.error
+            self._ring.append(s)
         return s
 
     def recent(self, seconds: float) -> list[Sample]:
         """The kept samples taken in the last `seconds`, oldest first."""
         since = time.time() - seconds
-        return [s for s in self._ring if s["t"] >= since]
+        with self._lock:
+            return [s for s in self._ring if s["t"] >= since]
 
     def summary(self) -> dict[str, Any]:
         """The latest sample in brief, for heartbeats: time, rss, and GPU memory per device."""
-        if not self._ring:
-            return {"t": None, "rss_mb": None, "gpus": []}
-        s = self._ring[-1]
+        with self._lock:
+            if not self._ring:
+                return {"t": None, "rss_mb": None, "gpus": []}
+            s = self._ring[-1]
         gpus = [{"index": d["index"], "lost": True} if d.get("lost") else
                 {k: d[k] for k in ("index", "mem_used_mb", "mem_total_mb", "proc_mem_mb")}
                 for d in s["gpus"]]
@@ -74,31 +87,58 @@ class Sampler:
         return time.process_time()
 
 
+def tick_every(interval_s: float, tick: Callable[[], object], wait: Callable[[float], bool],
+               clock: Callable[[], float] = time.monotonic) -> None:
+    """Call `tick` every `interval_s` until `wait(seconds)` returns True; blocks (a thread's loop).
+
+    `wait` waits for a stop (``threading.Event.wait``) and says whether it came. Ticks are on a
+    fixed grid of `clock` (start + k * interval), so the rate does not drift; ticks missed while
+    the process was stalled are skipped, not caught up in a burst.
+    """
+    start, k = clock(), 0
+    while True:
+        k = max(k + 1, math.ceil((clock() - start) / interval_s))
+        if wait(max(0.0, start + k * interval_s - clock())):
+            return
+        tick()
+
+
 async def run_sampler(sampler: Sampler, pid_fn: Callable[[], int | None],
                       on_batch: Callable[[list[Sample]], None], *, batch_s: float = 1.0) -> None:
-    """Sample every ``sampler.interval_s`` and hand the samples to `on_batch` every `batch_s`.
+    """Sample every ``sampler.interval_s`` in a thread; give `on_batch` the samples every `batch_s`.
 
-    Ticks are on a fixed grid (start + k * interval), so the rate does not drift; ticks missed
-    while the process was stalled are skipped, not caught up in a burst. `pid_fn` names the
-    process tree to measure at each tick; `on_batch` is synchronous and must not block (hand the
-    list to a memory channel). Runs until cancelled; the last partial batch is still delivered.
+    `pid_fn` names the process tree to measure and is called in the sampling thread, so it must
+    only read a value (never poll a `trio.Process`). `on_batch` runs in trio, is synchronous and
+    must not block (hand the list to a memory channel); it gets no empty batches. Runs until
+    cancelled, then stops the thread within one sample and delivers the last partial batch. An
+    exception in the thread stops sampling and is raised here at the next batch.
     """
-    interval = sampler.interval_s
+    taken: deque[Sample] = deque()  # appended by the thread, drained by trio
+    failed: list[BaseException] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            tick_every(sampler.interval_s, lambda: taken.append(sampler.sample(pid_fn())),
+                       stop.wait)
+        except BaseException as e:  # handed to trio, which raises it
+            failed.append(e)
+
+    def deliver() -> None:
+        if taken:
+            on_batch([taken.popleft() for _ in range(len(taken))])
+
+    thread = threading.Thread(target=loop, name="vlmd sampler", daemon=True)
+    thread.start()
     start = trio.current_time()
-    k, due = 0, start + batch_s
-    batch: list[Sample] = []
+    k = 0
     try:
-        while True:
-            k = max(k + 1, math.ceil((trio.current_time() - start) / interval))
-            await trio.sleep_until(start + k * interval)
-            # Sampled inline, not in a worker thread: NVML queries and /proc reads take tens of
-            # microseconds, about what a thread hop costs. A wedged driver that stalls NVML
-            # also stops the heartbeats, which vlmd reports as a lost agent.
-            batch.append(sampler.sample(pid_fn()))
-            if trio.current_time() >= due:
-                due += batch_s * max(1, math.ceil((trio.current_time() - due) / batch_s))
-                on_batch(batch)
-                batch = []
+        while not failed:
+            k = max(k + 1, math.ceil((trio.current_time() - start) / batch_s))
+            await trio.sleep_until(start + k * batch_s)
+            deliver()
+        raise failed[0]
     finally:
-        if batch:
-            on_batch(batch)
+        stop.set()
+        thread.join(STOP_WAIT_S)
+        deliver()

@@ -80,6 +80,8 @@ class Watchdog:
         self.host = socket.gethostname()
         self.shard = {"shard": cfg.wrapper.shard} if cfg.wrapper.shard else {}
         self.proc: trio.Process | None = None
+        # The running wrapper's pid for the sampling thread, which must not poll `proc`.
+        self.sampled_pid: int | None = None
         self.state = "starting"  # the wrapper's, from its last status line
         self.between = "starting"  # while no wrapper runs: starting, restarting or exited
         self.last_item: str | int | None = None
@@ -95,8 +97,8 @@ class Watchdog:
     async def run(self) -> int:
         """Sample, heartbeat and watch for hangs while supervising wrappers; the exit status."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: run_sampler(self.sampler, self.wrapper_pid, self.on_batch,
-                                                   batch_s=SAMPLE_BATCH_S))
+            nursery.start_soon(lambda: run_sampler(self.sampler, lambda: self.sampled_pid,
+                                                   self.on_batch, batch_s=SAMPLE_BATCH_S))
             nursery.start_soon(self._heartbeats)
             nursery.start_soon(watch_hangs, self.hang, self.on_hang)
             code = await self._supervise()
@@ -162,7 +164,7 @@ class Watchdog:
         finally:
             os.close(write_fd)
         started = trio.current_time()
-        self.proc, self.state = proc, "starting"
+        self.proc, self.sampled_pid, self.state = proc, proc.pid, "starting"
         self.hang.reset(started, "starting")
         log.info("wrapper pid %d started (attempt %d) for %s on %s", proc.pid, attempt,
                  config.model, config.dataset)
@@ -171,7 +173,7 @@ class Watchdog:
             nursery.start_soon(self._read_status, read_fd, reader)
             nursery.start_soon(self._stop_when_asked, proc, stopper)
             returncode = await proc.wait()
-            self.between = "exited"
+            self.sampled_pid, self.between = None, "exited"
             self.hang.stop()
             stopper.cancel()
             self.sampler.sample(None)  # the counters just after the exit
