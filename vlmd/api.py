@@ -28,6 +28,7 @@ from vlmd import images, submit
 from vlmd.feed import Frame, Subscription, encode
 from vlmd.launcher import Launcher, LaunchError, LaunchSpec
 from vlmd.live import Live, WriteRefused
+from vlmd.log import dumps_events
 from vlmd.metrics import route as metrics_route
 from vlmd.projections import answers
 from vlmd.projections.summary import summarize
@@ -274,7 +275,7 @@ class Api:
 
         def read() -> bytes:
             events = log.read(after=after, run=run, kinds=kinds, limit=limit, until=self.live.head)
-            return b"[" + b",".join(e.to_json() for e in events) + b"]"
+            return dumps_events(events)
 
         return Response(await trio.to_thread.run_sync(read), media_type="application/json")
 

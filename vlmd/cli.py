@@ -41,6 +41,9 @@ def command(name: str, setup: Callable[[argparse.ArgumentParser], None] = lambda
     return register
 
 
+GC_YOUNG = 50_000  # allocations between young collections in `vlmd serve` (default 700)
+
+
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="bind address (default: server.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: server.port, 8470; 0 picks one)")
@@ -64,10 +67,14 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
             await serve(config, shutdown=shutdown)
             nursery.cancel_scope.cancel()
 
-    # Everything imported so far lives as long as the daemon: keep it out of the cyclic GC's
-    # full collections, which ingest's short-lived batches would otherwise trigger often.
+    # Ingest allocates ~5,000 tracked objects per 1,000-event batch, all alive until the batch is
+    # folded: with the default thresholds (700, 10, 10) the cyclic GC scans and promotes them
+    # several times a batch (~2 ms of a ~20 ms batch, see docs/BENCHMARKS.md "Ingest"). A larger
+    # first generation lets a batch die by refcount before a collection sees it; what was
+    # imported before serving lives as long as the daemon and is kept out of full collections.
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_YOUNG, 20, 10)
     trio.run(main)
     return 0
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import trio
 
-from vlmd.log import Event
+from vlmd.log import Event, dumps_events
 
 
 class Frame(NamedTuple):
@@ -27,8 +27,7 @@ class Frame(NamedTuple):
 
 def encode(events: Sequence[Event]) -> Frame:
     """Serialise events (in seq order) into one frame."""
-    body = b",".join(e.to_json() for e in events)
-    return Frame(events[0].seq, events[-1].seq, "[" + body.decode() + "]")
+    return Frame(events[0].seq, events[-1].seq, dumps_events(events).decode())
 
 
 def kind_filter(kinds: Iterable[str] | None) -> Callable[[str], bool] | None:

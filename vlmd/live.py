@@ -131,12 +131,12 @@ class Live:
             log.warning("writes work again (the log is at seq %d)", results[-1].last_seq)
             self.write_error = None
         stored = [event for done in results for event in done.events]  # in seq order
-        fold, state = tracker.apply, self.tracker
-        for event in stored:
-            fold(state, event)
-            if event.kind == "watchdog.sample":
-                self.gpus.apply(event)
-        self.appended_by_kind.update(event.kind for event in stored)
+        tracker.apply_many(self.tracker, stored)
+        kinds = [event.kind for event in stored]
+        self.appended_by_kind.update(kinds)
+        if "watchdog.sample" in kinds:
+            for event in stored:
+                self.gpus.apply(event)  # samples only
         if self.liveness is not None:
             self.liveness.observe(stored, trio.current_time())
         for done in results:  # a frame per batch, as sent: one per group would be huge

@@ -22,6 +22,7 @@ from vlmd_agent import wire
 AgentKey = tuple[str, str, int]
 STARTUP_GRACE_S = 5.0  # an agent's outbox waits up to 5 s between tries while vlmd is down
 ENDED = ("run.finished", "run.failed", "run.cancelled")
+OBSERVED = frozenset({"watchdog.heartbeat", "run.started", "alert.agent_lost", *ENDED})
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Liveness:
     def observe(self, events: Iterable[Event], now: float) -> None:
         """Fold committed events in: heartbeats move deadlines, run ends forget agents."""
         for e in events:
+            if e.kind not in OBSERVED:
+                continue  # most of a batch: items and samples
             if e.kind == "watchdog.heartbeat":
                 b = e.body
                 if (e.run, None) in self.ended or (e.run, b.get("shard")) in self.ended:

@@ -1,0 +1,52 @@
+"""The tracker's batch fold (`apply_many`, what ingest calls) equals folding one event at a time."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.events import completed, ev, failed, finished, started, submitted
+from vlmd.log import Event
+from vlmd.projections import tracker
+
+RUNS = ["a", "b"]
+
+
+def stored(envelopes: list[dict[str, object]]) -> list[Event]:
+    return [Event(seq, str(e["key"]), str(e["run"]), str(e["kind"]), float(e["ts"]),  # type: ignore[arg-type]
+                  float(e["ts"]) + 0.5, e["body"], "{}")  # type: ignore[arg-type]
+            for seq, e in enumerate(envelopes, 1)]
+
+
+one_event = st.one_of(
+    st.builds(completed, st.sampled_from(RUNS), st.integers(0, 4), st.sampled_from([0.0, 1.0])),
+    st.builds(failed, st.sampled_from(RUNS), st.integers(0, 4)),
+    st.builds(started, st.sampled_from(RUNS)),
+    st.builds(submitted, st.sampled_from(RUNS)),
+    st.builds(finished, st.sampled_from(RUNS)),
+    st.builds(lambda run: ev(run, "watchdog.heartbeat", {"host": "h", "pid": 1,
+                                                        "wrapper_pid": None,
+                                                        "wrapper_state": "idle"}),
+              st.sampled_from(RUNS)),
+    st.builds(lambda run: ev(run, "alert.hang", {"message": "m"}), st.sampled_from(RUNS)),
+)
+
+
+@settings(max_examples=300)
+@given(batches=st.lists(st.lists(one_event, max_size=12), max_size=6))
+def test_apply_many_equals_applying_each_event(batches: list[list[dict[str, object]]]) -> None:
+    events = stored([e for batch in batches for e in batch])
+    one_by_one = tracker.fold(events)
+    batched, at = tracker.Tracker(), 0
+    for batch in batches:
+        tracker.apply_many(batched, events[at:at + len(batch)])
+        at += len(batch)
+    assert batched == one_by_one
+
+
+def test_a_retried_item_that_completes_counts_once_as_done() -> None:
+    events = stored([started("a"), failed("a", 1), failed("a", 1, attempt=1), completed("a", 1),
+                     failed("a", 1, attempt=2), completed("a", 2)])
+    state = tracker.apply_many(tracker.Tracker(), events).runs["a"]
+    assert (state.done, state.failed) == (2, 0)
+    assert state.items["1"].ok and state.last_seq == 6
