@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,30 @@ def test_demo_tiny_generates_with_consistent_timings(tiny: HFBackend) -> None:
     assert gen.tokens_source == "tokenizer"
     assert gen.input_tokens is not None and gen.input_tokens > IMAGE_TOKENS_TINY
     assert isinstance(gen.text, str)
+
+
+def test_tokens_and_text_are_the_models_own_greedy_output(tiny: HFBackend) -> None:
+    gen = tiny.generate(REQUEST)
+    inputs = tiny._prepare(REQUEST)
+    with torch.inference_mode():
+        out = tiny.model.generate(**inputs, max_new_tokens=REQUEST.max_new_tokens, do_sample=False)
+    prompt = inputs["input_ids"].shape[-1]
+    new = out[0, prompt:]
+    assert (gen.input_tokens, gen.output_tokens) == (prompt, len(new))  # one stamp per token
+    assert gen.text == tiny.processor.decode(new, skip_special_tokens=True).strip()
+
+
+def test_the_token_clock_skips_the_prompt_and_stops_a_generation_past_its_deadline(
+        tiny: HFBackend) -> None:
+    clock = tiny._clock_type(time.perf_counter_ns() + 10**12)
+    clock.put(torch.tensor([[1, 2, 3, 4]]))  # generate() hands over the prompt first
+    clock.put(torch.tensor([5]))
+    clock.put(torch.tensor([6]))
+    assert len(clock.token_ns) == 2 and clock.token_ns[0] <= clock.token_ns[1]
+    late = tiny._clock_type(time.perf_counter_ns() - 1)
+    with pytest.raises(BackendError) as info:
+        late.put(torch.tensor([5]))
+    assert info.value.reason == "timeout"
 
 
 def test_cpu_reports_no_vram(tiny: HFBackend) -> None:

@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import TOKEN, DaemonProcess, start_daemon
 from tests.events import T0, completed
 from vlmd_agent.outbox import Outbox
+from vlmd_agent.putlog import PutLog
 
 FAST = (0.05, 0.5)  # backoff for tests: vlmd comes back soon
 
@@ -151,6 +152,40 @@ def test_a_producer_killed_before_sending_leaves_its_events_to_the_next_outbox(
     assert logged_keys(daemon_proc.db) == [f"r-child/item/{i}/0" for i in range(500)]
 
 
+def test_a_put_log_left_by_a_crash_is_sent_and_a_write_cut_short_is_dropped_whole(
+        tmp_path: Path, daemon_proc: DaemonProcess, caplog: pytest.LogCaptureFixture) -> None:
+    spool, events = tmp_path / "spool.db", items("r-torn", 6)
+    puts = PutLog(tmp_path / "spool.db.puts")  # as an Outbox writes it: one frame per put
+    puts.append([(e["key"], json.dumps(e)) for e in events[:2]], time.time())  # a put_many
+    puts.append([(events[2]["key"], json.dumps(events[2]))], time.time())
+    puts.append([(e["key"], json.dumps(e)) for e in events[3:]], time.time())  # cut short
+    puts.close()
+    log_file = tmp_path / "spool.db.puts"
+    log_file.write_bytes(log_file.read_bytes()[:-5])
+    with Outbox(spool, daemon_proc.url, TOKEN, backoff=FAST) as box:
+        assert box.backlog() == 3
+        assert log_file.stat().st_size == 0  # filed into the spool's table
+        assert box.flush(30)
+    assert logged_keys(daemon_proc.db) == keys(events[:3])  # in order; the torn put_many: none
+    assert any(r.levelno == logging.WARNING and "cut short by a crash" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_the_put_log_reads_back_keys_and_events_of_any_characters(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db.puts"
+    events = [("r/k:1\n2", '{"a":"\u00e9 \\n"}'), ("r/\u043a\u043b\u044e\u0447", '{"b":"\u2713"}')]
+    puts = PutLog(path)
+    puts.append(events, 1790000000.25)
+    puts.close()
+    with path.open("ab") as f:
+        f.write('1 1790000001.0\n6:r/\u043a'.encode()[:-1])  # torn mid-key, mid-character
+    again = PutLog(path)
+    assert again.read() == ([(text, key, 1790000000.25) for key, text in events], 20)
+    again.clear()
+    assert again.read() == ([], 0) and path.stat().st_size == 0
+    again.close()
+
+
 def test_an_event_vlmd_refuses_goes_to_dead_and_the_rest_are_delivered(
         tmp_path: Path, daemon_proc: DaemonProcess, caplog: pytest.LogCaptureFixture) -> None:
     spool, events = tmp_path / "spool.db", items("r-dead", 10)
@@ -267,6 +302,39 @@ def test_a_lone_event_is_sent_within_flush_s_without_flush(
         assert box.backlog() == 0
         assert box.stats().oldest_pending_age_s is None
     assert logged_keys(daemon_proc.db) == ["r-lone/item/1/0"]
+
+
+def test_events_put_while_a_batch_is_in_flight_go_out_without_flush(
+        tmp_path: Path, daemon_proc: DaemonProcess) -> None:
+    # A steady trickle: events keep arriving while batches are sent and acknowledged, so an
+    # acknowledgement often empties the table while newer events wait in the put log.
+    events = items("r-trickle", 300)
+    with Outbox(tmp_path / "spool.db", daemon_proc.url, TOKEN, flush_s=0.02) as box:
+        for e in events:
+            box.put(e)
+            time.sleep(0.002)
+        wait_for(lambda: len(logged_keys(daemon_proc.db)) == 300, timeout=20)
+        assert box.stats().batches > 5
+    assert logged_keys(daemon_proc.db) == keys(events)
+
+
+def test_a_steady_stream_goes_out_once_per_pace_s_and_a_lone_event_within_flush_s(
+        tmp_path: Path, daemon_proc: DaemonProcess) -> None:
+    events = items("r-pace", 151)
+    with Outbox(tmp_path / "spool.db", daemon_proc.url, TOKEN, flush_s=0.02, pace_s=0.5) as box:
+        started = time.monotonic()
+        for e in events[:150]:  # 1.5 s of events
+            box.put(e)
+            time.sleep(0.01)
+        took = time.monotonic() - started
+        wait_for(lambda: len(logged_keys(daemon_proc.db)) == 150, timeout=20)
+        assert box.stats().batches <= took / 0.5 + 2  # not one per flush_s
+        time.sleep(0.8)  # idle for longer than pace_s: the next event goes out at once
+        box.put(events[150])
+        put = time.monotonic()
+        wait_for(lambda: len(logged_keys(daemon_proc.db)) == 151, timeout=10)
+        assert time.monotonic() - put < 0.4
+    assert logged_keys(daemon_proc.db) == keys(events)
 
 
 def test_put_latency_and_delivery_rate_to_a_local_vlmd(

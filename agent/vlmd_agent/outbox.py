@@ -1,9 +1,10 @@
 """The durable outbox: events are spooled to a local SQLite file, then POSTed to vlmd in batches.
 
-`Outbox.put` commits an event to the spool and returns; it never waits on the network. A sender
-thread sends the spool in order and deletes events only once vlmd acknowledged them (200), so no
-event is lost when vlmd is down or this process dies; vlmd dedupes by ``key``, so an event re-sent
-after a lost acknowledgement is counted as a duplicate, never appended twice.
+`Outbox.put` appends an event to the spool's put log (`vlmd_agent.putlog`, one write) and
+returns; it never waits on the network, nor on SQLite. A sender thread moves logged events into
+the spool's table, sends the spool in order and deletes events only once vlmd acknowledged them
+(200), so no event is lost when vlmd is down or this process dies; vlmd dedupes by ``key``, so an
+event re-sent after a lost acknowledgement is counted as a duplicate, never appended twice.
 
 Example::
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from vlmd_agent.putlog import PutLog
 from vlmd_agent.wire import event_errors
 
 log = logging.getLogger("vlmd_agent.outbox")
@@ -41,6 +43,8 @@ CREATE TABLE IF NOT EXISTS dead(id INTEGER PRIMARY KEY, key TEXT NOT NULL, event
 """
 QUIET_S = 30.0  # an unchanged failure is logged at WARNING at most this often, else at DEBUG
 AGAIN, BACKOFF, SLOW = "again", "backoff", "slow"  # retry at once, backing off, at the slowest
+INSERT = "INSERT OR IGNORE INTO pending(event, key, queued) VALUES (?, ?, ?)"
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)  # made once
 Row = tuple[int, str, str]  # id, key, event JSON
 
 
@@ -75,24 +79,32 @@ class DeadEvent:
 class Outbox:
     """A durable spool of events for vlmd at `url` (its base URL), and a thread that sends it.
 
-    The spool is SQLite (WAL, ``synchronous=NORMAL``): a put that returned survives a crash of
-    this process, but a power loss may lose its last moments. What is left in the spool is sent
-    first by the next Outbox opened on the file. One Outbox per file (a lock file beside it).
+    The spool is SQLite (WAL, ``synchronous=NORMAL``) and its put log (``PATH.puts``): a put
+    that returned survives a crash of this process, but a power loss may lose its last moments.
+    What is left in the spool is sent first by the next Outbox opened on the file. One Outbox per
+    file (a lock file beside it).
 
     A batch (at most `batch_max` events and `max_batch_bytes`) goes out when `batch_max` are
-    pending or `flush_s` after the oldest was put. Connection errors, timeouts, 429 and 5xx are
-    retried forever with jittered exponential `backoff` (min, max seconds); 413 halves the batch;
-    events vlmd refuses (422, or 400/413 when alone) move to the ``dead`` table with a warning;
-    401 and any other refusal are logged as errors and retried at the slowest pace.
+    pending or `flush_s` after the oldest was put, but (unless `batch_max` are pending, or on
+    `flush` and `close`) no sooner than `pace_s` after vlmd acknowledged the previous batch: a
+    lone event goes out within `flush_s`, a steady stream once per `pace_s`, so the sender's
+    HTTP work does not take the GIL from the producer every few events. Connection errors,
+    timeouts, 429 and 5xx are retried forever with jittered exponential `backoff` (min, max
+    seconds); 413 halves the batch; events vlmd refuses (422, or 400/413 when alone) move to the
+    ``dead`` table with a warning; 401 and any other refusal are logged as errors and retried at
+    the slowest pace.
     """
 
     def __init__(self, path: Path, url: str, token: str, *, batch_max: int = 100,
-                 flush_s: float = 0.1, max_batch_bytes: int = 4 * 1024 * 1024,
+                 flush_s: float = 0.1, pace_s: float = 0.0,
+                 max_batch_bytes: int = 4 * 1024 * 1024,
                  backoff: tuple[float, float] = (0.1, 5.0), timeout_s: float = 10.0) -> None:
         if httpx.URL(url).scheme not in ("http", "https"):
             raise ValueError(f"vlmd URL {url!r}: expected http://HOST:PORT")
         self.path, self.url, self._token = Path(path), url.rstrip("/"), token
-        self.batch_max, self.flush_s, self.backoff = batch_max, flush_s, backoff
+        self.batch_max, self.flush_s, self.pace_s = batch_max, flush_s, pace_s
+        self.backoff = backoff
+        self._acked_at = float("-inf")  # time.monotonic() of the last acknowledgement
         self.timeout_s = timeout_s
         self._max_bytes = max_batch_bytes  # lowered for good when vlmd answers 413
         self._split: int | None = None  # fewer events per batch while isolating a bad one
@@ -107,6 +119,11 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._cond = threading.Condition()  # guards the connection and every field below
+        self._puts = PutLog(self.path.with_name(self.path.name + ".puts"))
+        self._pending = self._unfiled = 0  # unfiled: in the put log, not yet in the table
+        self._first_unfiled: float | None = None  # when the put log's first event was put
+        if problem := self._file_puts():  # a put log that a crashed Outbox left
+            log.error("%s; they stay there for the next Outbox", problem)
         self._pending = int(self._db.execute("SELECT count(*) FROM pending").fetchone()[0])
         self._dead = int(self._db.execute("SELECT count(*) FROM dead").fetchone()[0])
         self._oldest = self._oldest_queued()
@@ -122,23 +139,24 @@ class Outbox:
     def put(self, event: Mapping[str, Any]) -> None:
         """Spool one envelope (see `vlmd_agent.wire`); durable once this returns.
 
-        Raises ValueError naming the field if it is not valid (nothing is spooled). A key already
-        in the spool is ignored: the first event with a key wins.
+        Raises ValueError naming the field if it is not valid (nothing is spooled), OSError if
+        the spool's disk refuses the write. A key already in the spool is ignored: the first
+        event with a key wins.
         """
-        self.put_many([event])
+        now = time.time()
+        text = _encode(event, 0, now)
+        with self._cond:
+            self._puts.append(((event["key"], text),), now)
+            self._spooled(1, now)
 
     def put_many(self, events: Iterable[Mapping[str, Any]]) -> None:
-        """Spool several events in one transaction: all of them, or none if one is not valid."""
+        """Spool several events at once: all of them, or none if one is not valid."""
         now = time.time()
-        rows = [(_encode(e, i, now), e["key"], now) for i, e in enumerate(events)]
-        with self._transaction():
-            added = self._db.executemany("INSERT OR IGNORE INTO pending(event, key, queued) "
-                                         "VALUES (?, ?, ?)", rows).rowcount
-            was, self._pending = self._pending, self._pending + added
-            if not was and added:
-                self._oldest = now
-            if added and (not was or was < self.batch_max <= self._pending):
-                self._cond.notify_all()  # the sender waits for a first event or a full batch
+        logged = [(e["key"], _encode(e, i, now)) for i, e in enumerate(events)]
+        if logged:
+            with self._cond:
+                self._puts.append(logged, now)
+                self._spooled(len(logged), now)
 
     def start(self) -> Outbox:
         """Start the sender thread (a daemon thread: what it has not sent stays in the spool)."""
@@ -170,11 +188,13 @@ class Outbox:
     def backlog(self) -> int:
         """How many events wait in the spool."""
         with self._cond:
+            self._file_puts()  # exact once filed (a repeated key is not an event to send)
             return self._pending
 
     def stats(self) -> OutboxStats:
         """An immutable snapshot of this Outbox's counters."""
         with self._cond:
+            self._file_puts()  # as in `backlog`
             age = None if self._oldest is None else max(0.0, time.time() - self._oldest)
             return OutboxStats(self._pending, self._sent, self._dups, self._batches,
                                self._retries, self._dead, self._last_error, self._last_ack, age)
@@ -198,6 +218,9 @@ class Outbox:
                 self._cond.notify_all()
             self._thread.join()
         with self._cond:
+            if problem := self._file_puts():
+                log.error("%s; they stay there for the next Outbox", problem)
+            self._puts.close()
             self._db.close()
             self._lock.close()
 
@@ -207,6 +230,47 @@ class Outbox:
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    def _spooled(self, added: int, now: float) -> None:
+        """Count `added` events logged at `now`; wake the sender for a first event or a full
+        batch (the caller holds the lock)."""
+        was, self._pending = self._pending, self._pending + added
+        if not self._unfiled:
+            self._first_unfiled = now
+        self._unfiled += added
+        if not was:
+            self._oldest = now
+        if not was or was < self.batch_max <= self._pending:
+            self._cond.notify_all()
+
+    def _file_puts(self) -> str | None:
+        """Move the put log's events into the pending table, in one transaction, then empty the
+        log; returns what went wrong, if anything (the events then stay in the log). The caller
+        holds the lock.
+
+        A crash between the commit and emptying the log files the events again at the next
+        start; their keys make that harmless (ignored while pending, a duplicate for vlmd after).
+        """
+        if not self._puts.size:
+            return None
+        try:
+            rows, torn = self._puts.read()
+            with self._transaction():
+                added = self._db.executemany(INSERT, rows).rowcount if rows else 0
+        except (sqlite3.Error, OSError) as e:
+            return f"cannot move the events in {self._puts.path} into {self.path} ({e})"
+        if torn:
+            log.warning("%s: dropped the last %d bytes, a put cut short by a crash (it never "
+                        "returned)", self._puts.path, torn)
+        # Keys already spooled were not added; a crashed Outbox's events were not counted yet.
+        self._pending += added - self._unfiled
+        self._unfiled, self._first_unfiled = 0, None
+        self._oldest = self._oldest_queued()
+        try:
+            self._puts.clear()
+        except OSError as e:  # filed again next time: harmless, see above
+            return f"cannot empty {self._puts.path} ({e})"
+        return None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -220,16 +284,20 @@ class Outbox:
             self._db.execute("COMMIT")
 
     def _oldest_queued(self) -> float | None:
+        """When the oldest pending event was put: the table's first row, else the put log's."""
         row = self._db.execute("SELECT queued FROM pending ORDER BY id LIMIT 1").fetchone()
-        return None if row is None else float(row[0])
+        return self._first_unfiled if row is None else float(row[0])
 
     def _run(self) -> None:
         headers = {"authorization": f"Bearer {self._token}", "content-type": "application/json"}
         with httpx.Client(headers=headers, timeout=self.timeout_s) as client:
             failures, since, said = 0, 0.0, ("", 0.0)
-            while (batch := self._next_batch()) is not None:
+            while self._wait_until_due():
                 try:
-                    error, pace = self._send(client, batch)
+                    batch, problem = self._take_batch()
+                    if not batch and not problem:
+                        continue  # nothing left to send after all
+                    error, pace = self._send(client, batch) if batch else (problem, BACKOFF)
                 except Exception as e:  # e.g. the spool's disk is full: the events stay, retry
                     log.exception("outbox %s failed", self.path)
                     error, pace = f"outbox error ({type(e).__name__}: {e})", SLOW
@@ -257,22 +325,30 @@ class Outbox:
                         f"{self.backlog():,}", delay)
                 self._sleep(delay)
 
-    def _next_batch(self) -> list[Row] | None:
-        """Wait until a batch is due and return it in spool order; None once stopping."""
+    def _wait_until_due(self) -> bool:
+        """Wait until a batch is due; False once stopping."""
         with self._cond:
             while not self._stopping:
                 if self._pending and self._oldest is not None:
                     wait = self.flush_s - (time.time() - self._oldest)
-                    full = self._pending >= self.batch_max or self._flushing
-                    if full or not 0 < wait <= self.flush_s:  # due, or the clock went back
+                    if not 0 < wait <= self.flush_s:  # due, or the wall clock went back
+                        wait = 0.0
+                    wait = max(wait, self._acked_at + self.pace_s - time.monotonic())
+                    if wait <= 0 or self._pending >= self.batch_max or self._flushing:
                         break
                     self._cond.wait(wait)
                 else:
                     self._cond.wait()
-            else:
-                return None
+            return not self._stopping
+
+    def _take_batch(self) -> tuple[list[Row], str | None]:
+        """File the put log, then the next batch in spool order, and any trouble filing."""
+        with self._cond:
+            problem = self._file_puts()
             rows = self._db.execute("SELECT id, key, event FROM pending ORDER BY id LIMIT ?",
                                     (self._split or self.batch_max,)).fetchall()
+            if not rows and problem is None:  # all filed, none pending: never spin on a count
+                self._pending, self._oldest = 0, None
         batch: list[Row] = []
         size = 2
         for row in rows:
@@ -280,7 +356,7 @@ class Outbox:
             if batch and size > self._max_bytes:
                 break
             batch.append(row)
-        return batch
+        return batch, problem
 
     def _send(self, client: httpx.Client, batch: list[Row]) -> tuple[str | None, str]:
         """POST one batch and act on the answer: the error, if any, and when to try again."""
@@ -324,7 +400,7 @@ class Outbox:
             self._oldest = self._oldest_queued()
             self._sent, self._dups, self._batches = self._sent + len(batch), self._dups + dups, \
                 self._batches + 1
-            self._last_ack, self._split = time.time(), None
+            self._last_ack, self._acked_at, self._split = time.time(), time.monotonic(), None
             self._cond.notify_all()
 
     def _bury(self, rows: list[tuple[int, str, str, str]], status: int) -> None:
@@ -357,7 +433,7 @@ def _encode(event: Mapping[str, Any], index: int, now: float) -> str:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ValueError(f"not a valid event: {errors[0]}{more}")
     try:
-        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _JSON.encode(event)
         text.encode()  # lone surrogates: vlmd would refuse the whole batch as bad JSON
     except (TypeError, ValueError) as e:
         raise ValueError(f"event {index}: not JSON that vlmd accepts: {e}") from None

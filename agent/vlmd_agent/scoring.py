@@ -5,6 +5,7 @@ Every scorer returns a float in [0, 1]. `score` picks the one an item names in `
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 
@@ -27,6 +28,9 @@ _MENTION = re.compile(r"(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'])")
 # "A red circle", "I think": a word, not a letter; "A is right": a letter
 _NOT_A_NOUN = "is|was|or|and|would|should|seems|looks|fits|matches|because"
 _WORD_AFTER = re.compile(rf"\s+(?!(?:{_NOT_A_NOUN})\b)[a-z]")
+_PUNCT_AFTER = re.compile(r"\s*(?:[^\w\s]|$)")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3})")
+_PUNCT = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_")
 
 
 def normalise(text: str) -> str:
@@ -34,10 +38,14 @@ def normalise(text: str) -> str:
     every other punctuation mark (but a decimal point) becomes a space; the articles a/an/the
     go; number words up to twenty become digits; whitespace collapses."""
     text = text.lower().replace("'", "").replace("\u2019", "")
-    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
-    text = re.sub(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_", " ", text)
+    text = _THOUSANDS.sub("", text)
+    text = _PUNCT.sub(" ", text)
     words = (NUMBER_WORDS.get(word, word) for word in text.split() if word not in ARTICLES)
     return " ".join(words)
+
+
+# Options and reference answers recur item after item: normalise each text once.
+_normalised = functools.lru_cache(maxsize=4096)(normalise)
 
 
 def extract_choice(prediction: str, choices: Mapping[str, str]) -> str | None:
@@ -62,7 +70,7 @@ def extract_choice(prediction: str, choices: Mapping[str, str]) -> str | None:
 
     def pick(match: re.Match[str]) -> str | None:
         letter = match.group(1)
-        if letter.islower() and re.match(r"\s*(?:[^\w\s]|$)", text[match.end(1):]) is None:
+        if letter.islower() and _PUNCT_AFTER.match(text, match.end(1)) is None:
             return None
         return letters.get(letter.upper())
 
@@ -72,7 +80,7 @@ def extract_choice(prediction: str, choices: Mapping[str, str]) -> str | None:
     if (leading := _LEADING.match(text)) and (letter := pick(leading)):
         return letter
     said = normalise(text)
-    texts = {letter: normalise(option) for letter, option in choices.items()}
+    texts = {letter: _normalised(option) for letter, option in choices.items()}
     equal = [letter for letter, option in texts.items() if option and option == said]
     if len(equal) == 1:
         return equal[0]
@@ -101,7 +109,7 @@ def exact(prediction: str, answer: str | Sequence[str]) -> float:
     """1.0 when the `normalise`d prediction equals the normalised answer (or any of several)."""
     answers = [answer] if isinstance(answer, str) else answer
     said = normalise(prediction)
-    return 1.0 if any(normalise(a) == said for a in answers) else 0.0
+    return 1.0 if any(_normalised(a) == said for a in answers) else 0.0
 
 
 def vqa(prediction: str, answers: str | Sequence[str]) -> float:
@@ -109,7 +117,7 @@ def vqa(prediction: str, answers: str | Sequence[str]) -> float:
     `normalise`. (The simple form; the official one averages it over the 10 subsets of 9.)"""
     references = [answers] if isinstance(answers, str) else answers
     said = normalise(prediction)
-    return min(sum(normalise(a) == said for a in references) / 3, 1.0)
+    return min(sum(_normalised(a) == said for a in references) / 3, 1.0)
 
 
 def anls(prediction: str, answers: str | Sequence[str], threshold: float = 0.5) -> float:

@@ -42,6 +42,11 @@ EXIT_BAD_INPUT = 3
 EXIT_BACKEND = 4
 EXIT_ORPHANED = 5
 RESUME_TRIES_S = 30.0
+# While items flow, one POST a second (up to 500 events): the dashboard stays live, and the
+# sender's HTTP work (and vlmd's per-batch work) takes CPU from the model once a second instead
+# of every 100 ms. A lone item still goes out within the outbox's flush_s.
+OUTBOX_PACE_S = 1.0
+OUTBOX_BATCH_MAX = 500
 
 
 @dataclass(frozen=True)
@@ -125,13 +130,19 @@ def item_event(cfg: WrapperConfig, item: datasets.Item, backend: Any) -> dict[st
     return wire.envelope(cfg.run, "item.completed", body, key=f"{cfg.run}/item/{item.id}/ok")
 
 
+def open_outbox(cfg: WrapperConfig, token: str) -> Outbox:
+    """The wrapper's durable outbox in ``cfg.spool`` (not started: use it as a context manager)."""
+    Path(cfg.spool).mkdir(parents=True, exist_ok=True)
+    return Outbox(Path(cfg.spool) / "wrapper.db", cfg.url, token, pace_s=OUTBOX_PACE_S,
+                  batch_max=OUTBOX_BATCH_MAX)
+
+
 def run(cfg: WrapperConfig, token: str, status: Status) -> int:
     """Evaluate the shard; returns the process exit status."""
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     shard_body = {"shard": cfg.shard} if cfg.shard else {}
-    Path(cfg.spool).mkdir(parents=True, exist_ok=True)
-    with Outbox(Path(cfg.spool) / "wrapper.db", cfg.url, token) as box:
+    with open_outbox(cfg, token) as box:
         status.send("loading")
         try:
             data = datasets.load(cfg.dataset)
