@@ -7,8 +7,9 @@ Each simulated agent is what one ``vlmd-agent`` sends, minus the model: a `Watch
 ``watchdog.heartbeat`` every second (`Watchdog.heartbeat`), both spooled by the watchdog's
 `Outbox`; and, as its wrapper process does, a ``run.started`` then ``item.completed`` events
 (`wrapper.item_event` through the ``demo:instant:0`` backend) at ``--item-rate`` per second
-through a second `Outbox`. Agents have their own host names (``HOST-simI``), so vlmd tells
-them apart as it would agents on different machines.
+through a second `Outbox`, made as the wrapper makes its own (`wrapper.open_outbox`). Agents
+have their own host names (``HOST-simI``), so vlmd tells them apart as it would agents on
+different machines.
 
 Usage: python -m tests.sim_agents --url URL --token T --dataset D.jsonl --first 0 --count 10
        [--shards-per-run 10] [--tag TAG] [--spool DIR]
@@ -39,7 +40,7 @@ from vlmd_agent.gpu import open_gpus
 from vlmd_agent.outbox import Outbox
 from vlmd_agent.sampler import Sample, Sampler, run_sampler
 from vlmd_agent.watchdog import SAMPLE_BATCH_S, Watchdog, WatchdogConfig
-from vlmd_agent.wrapper import WrapperConfig, item_event
+from vlmd_agent.wrapper import WrapperConfig, item_event, open_outbox
 
 GPUS = 8
 
@@ -71,7 +72,7 @@ def make_agent(i: int, args: argparse.Namespace) -> SimAgent:
                       args.interval_s)
     dog = Watchdog(WatchdogConfig(cfg, args.token, interval_s=args.interval_s), box, sampler)
     dog.host = f"{socket.gethostname()}-sim{i}"
-    items_box = Outbox(spool / "wrapper.db", args.url, args.token).start()
+    items_box = open_outbox(cfg, args.token).start()  # the wrapper's own settings
     return SimAgent(dog, items_box, cfg)
 
 
