@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import trio
 
@@ -92,6 +94,27 @@ def _config_file(folder: Path, toml: str = "") -> Path:
     if not path.exists():
         path.write_text("[datasette]\nenabled = false\n" + toml)
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_agent_outlives_its_test(tmp_path: Path) -> Iterator[None]:
+    """Stop the agents a test started (their dataset or spool is under its `tmp_path`).
+
+    An agent whose run ended waits for vlmd to take its last events, by design, until SIGTERM;
+    a test that stops its daemon first would otherwise leave it retrying after the session.
+    """
+    yield
+    mine = str(tmp_path)
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if "vlmd_agent" in " ".join(p.info["cmdline"] or ())
+            and mine in " ".join(p.info["cmdline"] or ())]
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(left, timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 @pytest.fixture(autouse=True, scope="session")
