@@ -80,6 +80,7 @@ def start_daemon(db: Path, *, port: int = 0, extra: list[str] | None = None,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if m := LISTENING.search(stderr_path.read_text()):
+            STARTED_URLS.append(m[1])
             return DaemonProcess(m[1], TOKEN, db, proc, stderr_path)
         if proc.poll() is not None:
             raise RuntimeError(f"vlmd serve exited {proc.returncode}:\n{stderr_path.read_text()}")
@@ -96,18 +97,23 @@ def _config_file(folder: Path, toml: str = "") -> Path:
     return path
 
 
+STARTED_URLS: list[str] = []  # the daemons `start_daemon` started during the current test
+
+
 @pytest.fixture(autouse=True)
 def no_agent_outlives_its_test(tmp_path: Path) -> Iterator[None]:
-    """Stop the agents a test started (their dataset or spool is under its `tmp_path`).
+    """Stop the agents a test started: those whose command line names its `tmp_path` or the
+    URL of a daemon it started with `start_daemon`.
 
     An agent whose run ended waits for vlmd to take its last events, by design, until SIGTERM;
     a test that stops its daemon first would otherwise leave it retrying after the session.
     """
+    STARTED_URLS.clear()
     yield
-    mine = str(tmp_path)
+    marks = [str(tmp_path), *(f"--url {url} " for url in STARTED_URLS)]
     left = [p for p in psutil.process_iter(["cmdline"])
-            if "vlmd_agent" in " ".join(p.info["cmdline"] or ())
-            and mine in " ".join(p.info["cmdline"] or ())]
+            if "vlmd_agent" in (line := " ".join(p.info["cmdline"] or ()) + " ")
+            and any(mark in line for mark in marks)]
     for proc in left:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
