@@ -24,7 +24,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from vlmd import images, submit
+from vlmd import images, submit, wsframes
 from vlmd.feed import Frame, Subscription, encode
 from vlmd.launcher import Launcher, LaunchError, LaunchSpec
 from vlmd.live import Live, WriteRefused
@@ -405,6 +405,7 @@ def build_app(live: Live, token: str, *, max_body: int,
     """The Starlette app over `live`; writes need `token` (and reads too with `read_token`);
     bodies are capped at `max_body`; submitted runs are started by `launcher` (without one,
     submissions are refused)."""
+    wsframes.install()  # one serialisation of each feed frame for all its subscribers
     api = Api(live, token, max_body, read_token=read_token)
     api.launcher = launcher
     replays = Replays(live, api.authorize, api.read_body)
