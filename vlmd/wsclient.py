@@ -36,7 +36,7 @@ class WsClient:
         self.parts: list[str] = []
 
     async def _events(self) -> None:
-        data = await self.stream.receive_some(1 << 16)
+        data = await self.stream.receive_some(1 << 20)
         if not data:
             raise Closed(1006, "connection lost")
         self.ws.receive_data(data)
