@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,20 +100,24 @@ def _config_file(folder: Path, toml: str = "") -> Path:
 STARTED_URLS: list[str] = []  # the daemons `start_daemon` started during the current test
 
 
-@pytest.fixture(autouse=True)
-def no_agent_outlives_its_test(tmp_path: Path) -> Iterator[None]:
-    """Stop the agents a test started: those whose command line names its `tmp_path` or the
-    URL of a daemon it started with `start_daemon`.
+# Every process a test starts inherits this variable from the environment: "<session>:<test>".
+# An agent whose run ended waits for vlmd to take its last events, by design, until SIGTERM; a
+# test that stops its daemon first would otherwise leave it retrying after the session.
+TEST_MARK = "VLMD_TEST_MARK"
+SESSION_MARK = f"pytest-{os.getpid()}"
+os.environ[TEST_MARK] = SESSION_MARK  # module-wide fixtures run before any test's mark is set
 
-    An agent whose run ended waits for vlmd to take its last events, by design, until SIGTERM;
-    a test that stops its daemon first would otherwise leave it retrying after the session.
-    """
-    STARTED_URLS.clear()
-    yield
-    marks = [str(tmp_path), *(f"--url {url} " for url in STARTED_URLS)]
-    left = [p for p in psutil.process_iter(["cmdline"])
-            if "vlmd_agent" in (line := " ".join(p.info["cmdline"] or ()) + " ")
-            and any(mark in line for mark in marks)]
+
+def stop_agents(marked: Callable[[str, str], bool]) -> None:
+    """SIGTERM (then SIGKILL after 10 s) the agents for which ``marked(mark, cmdline)``."""
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or ()) + " "
+        if "vlmd_agent" not in line:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if marked(proc.environ().get(TEST_MARK, ""), line):
+                left.append(proc)
     for proc in left:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
@@ -121,6 +125,27 @@ def no_agent_outlives_its_test(tmp_path: Path) -> Iterator[None]:
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
+
+
+@pytest.fixture(autouse=True)
+def no_agent_outlives_its_test(tmp_path: Path, request: pytest.FixtureRequest
+                               ) -> Iterator[None]:
+    """Stop the agents this test started: those that inherited its mark, or whose command line
+    names its `tmp_path` or the URL of a daemon it started with `start_daemon`."""
+    STARTED_URLS.clear()
+    mine = f"{SESSION_MARK}:{request.node.nodeid}"
+    os.environ[TEST_MARK] = mine
+    yield
+    os.environ[TEST_MARK] = SESSION_MARK
+    marks = [str(tmp_path), *(f"--url {url} " for url in STARTED_URLS)]
+    stop_agents(lambda mark, line: mark == mine or any(m in line for m in marks))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_agent_outlives_the_session() -> Iterator[None]:
+    """Stop what module- and session-wide fixtures started (they carry the session's mark)."""
+    yield
+    stop_agents(lambda mark, line: mark.split(":")[0] == SESSION_MARK)
 
 
 @pytest.fixture(autouse=True, scope="session")
