@@ -12,7 +12,7 @@ import trio
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, ev, failed, finished, started, submitted
 from vlmd.daemon import Daemon, serve
-from vlmd.log import EventLog
+from vlmd.log import EventLog, dumps_events
 from vlmd.projections import tracker
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -198,3 +198,11 @@ def test_event_json_round_trips(tmp_path: Path) -> None:
     assert json.loads(stored.to_json()) == {
         "seq": 1, "key": "r1/item/1/0", "run": "r1", "kind": "item.completed",
         "ts": stored.ts, "received": 5.0, "body": stored.body}
+
+
+def test_a_frame_is_each_events_own_json(tmp_path: Path) -> None:
+    log = EventLog.open(tmp_path / "v.db")
+    events = log.append([completed("r1", i) for i in range(3)] + [submitted("r2")],
+                        received=5.5).events
+    assert dumps_events(events) == b"[" + b",".join(e.to_json() for e in events) + b"]"
+    assert json.loads(dumps_events(events))[3]["body"] == events[3].body

@@ -48,8 +48,11 @@ class Event(NamedTuple):
 
 
 def dumps_events(events: Iterable[Event]) -> bytes:
-    """Events as one JSON array, in one pass (the feed's frames, ``GET /api/events``)."""
-    return orjson.dumps([e.wire() for e in events])
+    """Events as one JSON array, in one pass (the feed's frames, ``GET /api/events``); the
+    same objects as `Event.wire`, built inline (a method call per event is 10 % of it)."""
+    fragment = orjson.Fragment
+    return orjson.dumps([{"seq": e[0], "key": e[1], "run": e[2], "kind": e[3], "ts": e[4],
+                          "received": e[5], "body": fragment(e[7])} for e in events])
 
 
 @dataclass(frozen=True)
