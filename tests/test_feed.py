@@ -12,6 +12,8 @@ import trio
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, submitted
 from vlmd.daemon import Daemon, serve
+from vlmd.live import FRAME_EVENTS, _frames
+from vlmd.log import Appended, Event
 from vlmd.wsclient import Closed, WsClient, open_ws
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -119,3 +121,42 @@ async def test_stopping_the_daemon_tells_clients_to_reconnect(daemon: Daemon) ->
         except Closed as closed:
             assert closed.code == 1001
             assert "reconnect with after=0" in closed.reason
+
+
+def test_a_group_commit_is_cut_into_frames_of_whole_batches() -> None:
+    def appended(first: int, n: int) -> Appended:
+        events = [Event(s, f"k{s}", "r", "item.completed", 1.0, 2.0, {}, "{}")
+                  for s in range(first, first + n)]
+        return Appended(events, 0, first + n - 1)
+
+    def cut(*sizes: int) -> list[list[int]]:
+        results, first = [], 1
+        for n in sizes:
+            results.append(appended(first, n))
+            first += n
+        return [[e.seq for e in frame] for frame in _frames(results)]
+
+    assert cut(2, 3) == [[1, 2, 3, 4, 5]]  # small batches share a frame
+    assert cut(FRAME_EVENTS - 1, 1, 1) == [list(range(1, FRAME_EVENTS + 1)), [FRAME_EVENTS + 1]]
+    assert cut(FRAME_EVENTS + 5, 1) == [list(range(1, FRAME_EVENTS + 6)), [FRAME_EVENTS + 6]]
+    assert cut(1, 0, 1) == [[1, 2]]  # a batch of duplicates only adds nothing
+    assert cut(0) == []
+
+
+async def test_batches_posted_at_once_reach_a_client_in_fewer_frames(daemon: Daemon) -> None:
+    posts = 40
+    async with httpx.AsyncClient(base_url=daemon.url, headers=AUTH) as c:
+        await c.post("/api/events", json=[submitted("r1")])
+        async with open_ws(ws_url(daemon)) as ws:
+            async def post(i: int) -> None:
+                r = await c.post("/api/events", json=[completed("r1", i)])
+                assert r.status_code == 200
+
+            async with trio.open_nursery() as nursery:
+                for i in range(posts):
+                    nursery.start_soon(post, i)
+            messages: list[list[dict[str, Any]]] = []
+            while sum(map(len, messages)) < posts:
+                messages.append(json.loads(await ws.get_message()))
+    assert [e["seq"] for m in messages for e in m] == list(range(2, posts + 2))
+    assert len(messages) < posts  # the batches that waited for one commit came as one frame

@@ -18,7 +18,7 @@ import trio
 
 from vlmd.feed import Feed, Subscription
 from vlmd.liveness import Liveness
-from vlmd.log import Appended, EventLog
+from vlmd.log import Appended, Event, EventLog
 from vlmd.metrics import Histogram, LatestGpus
 from vlmd.projections import tracker
 
@@ -40,6 +40,25 @@ def _describe(e: sqlite3.Error, path: object) -> tuple[str, int]:
     if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
         return f"disk full: {e} (log {path}); writes resume when space is freed", 507
     return f"cannot write the log {path}: {e}", 503
+
+
+FRAME_EVENTS = 1_000  # batches committed together share a feed frame up to this many events
+
+
+def _frames(results: Sequence[Appended]) -> list[list[Event]]:
+    """The events of a group commit cut into feed frames, in seq order: small batches (many
+    agents posting at once) share a frame, so each subscriber gets one message and one send
+    for them, not one per batch; a batch never splits, and a frame that holds `FRAME_EVENTS`
+    or more takes no other batch."""
+    frames: list[list[Event]] = []
+    for done in results:
+        if not done.events:
+            continue
+        if frames and len(frames[-1]) + len(done.events) <= FRAME_EVENTS:
+            frames[-1].extend(done.events)
+        else:
+            frames.append(list(done.events))
+    return frames
 
 
 @dataclass(eq=False)
@@ -139,8 +158,8 @@ class Live:
                 self.gpus.apply(event)  # samples only
         if self.liveness is not None:
             self.liveness.observe(stored, trio.current_time())
-        for done in results:  # a frame per batch, as sent: one per group would be huge
-            self.feed.publish(done.events)
+        for frame in _frames(results):
+            self.feed.publish(frame)
         took = time.perf_counter() - began
         for w, done in zip(group, results, strict=True):
             w.done = done
