@@ -19,13 +19,14 @@ setup_venv() {
   fi
 }
 
-# Debian packages the browser, systemd and Slurm tests need; installed when we are root.
+# Debian packages the browser, systemd, Slurm and TLS tests need; installed when we are root.
 setup_system_packages() {
   local need=()
   [ -x /usr/bin/chromium ] || need+=(chromium)
   command -v systemd-analyze >/dev/null || need+=(systemd)
   command -v slurmctld >/dev/null || need+=(slurm-wlm)
   command -v munged >/dev/null || need+=(munge)
+  command -v openssl >/dev/null || need+=(openssl)
   if [ ${#need[@]} -eq 0 ]; then return 0; fi
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "!! missing system packages: ${need[*]} (not root or no apt-get): their tests will fail" >&2

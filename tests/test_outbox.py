@@ -99,7 +99,7 @@ def test_events_put_while_vlmd_is_down_are_delivered_once_it_starts(tmp_path: Pa
             box.put(e)
         wait_for(lambda: box.stats().retries >= 2)
         assert box.backlog() == 300
-        assert "unreachable (ConnectError)" in (box.stats().last_error or "")
+        assert "unreachable (ConnectionRefusedError)" in (box.stats().last_error or "")
         vlmd = start_daemon(tmp_path / "vlmd.db", port=port)
         try:
             assert box.flush(60)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import json
 import logging
 import random
@@ -27,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from vlmd_agent.putlog import PutLog
 from vlmd_agent.wire import event_errors
@@ -66,6 +66,80 @@ class OutboxStats:
 
 
 @dataclass(frozen=True)
+class Response:
+    """vlmd's answer to one POST: the HTTP status, its reason phrase and the body."""
+
+    status: int
+    reason: str
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError if it is not."""
+        return json.loads(self.body)
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection to vlmd at `url` (http or https) for POST /api/events.
+
+    The standard library's `http.client` rather than httpx: a POST costs about a third of the
+    CPU (docs/BENCHMARKS.md, Scale). It connects on first use and again after any error, or
+    when vlmd says it closes; https verifies vlmd's certificate against the system's CAs
+    (``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` are honoured). Proxy variables are not used.
+    """
+
+    def __init__(self, url: str, token: str, timeout_s: float) -> None:
+        """ValueError unless `url` is ``http[s]://HOST[:PORT][/PREFIX]``."""
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+            raise ValueError(f"vlmd URL {url!r}: expected http://HOST:PORT")
+        self._https, self._host, self._port = parts.scheme == "https", parts.hostname, port
+        self._path = parts.path.rstrip("/") + "/api/events"
+        self._headers = {"authorization": f"Bearer {token}", "content-type": "application/json",
+                         "user-agent": "vlmd-agent"}
+        self.timeout_s = timeout_s
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes) -> Response:
+        """POST `body` as JSON; raises OSError or `http.client.HTTPException` if no answer came.
+
+        A kept-alive connection that vlmd closed while idle fails at once: then the request is
+        sent once more on a new connection (vlmd dedupes by key, so a resend is harmless).
+        """
+        reused = self._conn is not None
+        try:
+            return self._exchange(body)
+        except (ConnectionError, http.client.RemoteDisconnected):  # reset, broken pipe, EOF
+            if not reused:
+                raise
+            return self._exchange(body)
+
+    def _exchange(self, body: bytes) -> Response:
+        if self._conn is None:
+            make = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = make(self._host, self._port, timeout=self.timeout_s)
+        try:
+            self._conn.request("POST", self._path, body, self._headers)
+            r = self._conn.getresponse()
+            answer = Response(r.status, r.reason, r.read())
+        except BaseException:
+            self.close()
+            raise
+        if r.will_close:
+            self.close()
+        return answer
+
+    def close(self) -> None:
+        """Close the connection, if open; the next `post` opens another."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+@dataclass(frozen=True)
 class DeadEvent:
     """An event vlmd refused for good: its key, the envelope as JSON text, the HTTP status and
     vlmd's reason."""
@@ -92,20 +166,18 @@ class Outbox:
     timeouts, 429 and 5xx are retried forever with jittered exponential `backoff` (min, max
     seconds); 413 halves the batch; events vlmd refuses (422, or 400/413 when alone) move to the
     ``dead`` table with a warning; 401 and any other refusal are logged as errors and retried at
-    the slowest pace.
+    the slowest pace. One keep-alive connection carries every request (see `Connection`).
     """
 
     def __init__(self, path: Path, url: str, token: str, *, batch_max: int = 100,
                  flush_s: float = 0.1, pace_s: float = 0.0,
                  max_batch_bytes: int = 4 * 1024 * 1024,
                  backoff: tuple[float, float] = (0.1, 5.0), timeout_s: float = 10.0) -> None:
-        if httpx.URL(url).scheme not in ("http", "https"):
-            raise ValueError(f"vlmd URL {url!r}: expected http://HOST:PORT")
-        self.path, self.url, self._token = Path(path), url.rstrip("/"), token
+        self._conn = Connection(url, token, timeout_s)  # checks the URL; connects on first use
+        self.path, self.url = Path(path), url.rstrip("/")
         self.batch_max, self.flush_s, self.pace_s = batch_max, flush_s, pace_s
         self.backoff = backoff
         self._acked_at = float("-inf")  # time.monotonic() of the last acknowledgement
-        self.timeout_s = timeout_s
         self._max_bytes = max_batch_bytes  # lowered for good when vlmd answers 413
         self._split: int | None = None  # fewer events per batch while isolating a bad one
         self._lock = self.path.with_name(self.path.name + ".lock").open("a")
@@ -217,6 +289,7 @@ class Outbox:
                 self._stopping = True
                 self._cond.notify_all()
             self._thread.join()
+            self._conn.close()  # the sender's, and the sender is gone
         with self._cond:
             if problem := self._file_puts():
                 log.error("%s; they stay there for the next Outbox", problem)
@@ -289,41 +362,39 @@ class Outbox:
         return self._first_unfiled if row is None else float(row[0])
 
     def _run(self) -> None:
-        headers = {"authorization": f"Bearer {self._token}", "content-type": "application/json"}
-        with httpx.Client(headers=headers, timeout=self.timeout_s) as client:
-            failures, since, said = 0, 0.0, ("", 0.0)
-            while self._wait_until_due():
-                try:
-                    batch, problem = self._take_batch()
-                    if not batch and not problem:
-                        continue  # nothing left to send after all
-                    error, pace = self._send(client, batch) if batch else (problem, BACKOFF)
-                except Exception as e:  # e.g. the spool's disk is full: the events stay, retry
-                    log.exception("outbox %s failed", self.path)
-                    error, pace = f"outbox error ({type(e).__name__}: {e})", SLOW
-                if error is None and failures:
-                    log.info("vlmd at %s acknowledged again after %d failed attempts in %.1f s",
-                             self.url, failures, time.monotonic() - since)
-                    failures = 0
-                if error is None:
-                    continue
-                with self._cond:
-                    self._retries += 1
-                    self._last_error = error
-                if pace == AGAIN:
-                    continue
-                failures, since = failures + 1, since if failures else time.monotonic()
-                lo, hi = self.backoff
-                delay = hi if pace == SLOW else min(hi, lo * 2 ** (failures - 1))
-                delay *= random.uniform(0.5, 1.0)
-                level = logging.ERROR if pace == SLOW else logging.WARNING
-                if error == said[0] and time.monotonic() - said[1] < QUIET_S:
-                    level = logging.DEBUG  # the same trouble again: not every few seconds
-                else:
-                    said = (error, time.monotonic())
-                log.log(level, "%s; %s events waiting; retrying in %.2f s", error,
-                        f"{self.backlog():,}", delay)
-                self._sleep(delay)
+        failures, since, said = 0, 0.0, ("", 0.0)
+        while self._wait_until_due():
+            try:
+                batch, problem = self._take_batch()
+                if not batch and not problem:
+                    continue  # nothing left to send after all
+                error, pace = self._send(batch) if batch else (problem, BACKOFF)
+            except Exception as e:  # e.g. the spool's disk is full: the events stay, retry
+                log.exception("outbox %s failed", self.path)
+                error, pace = f"outbox error ({type(e).__name__}: {e})", SLOW
+            if error is None and failures:
+                log.info("vlmd at %s acknowledged again after %d failed attempts in %.1f s",
+                         self.url, failures, time.monotonic() - since)
+                failures = 0
+            if error is None:
+                continue
+            with self._cond:
+                self._retries += 1
+                self._last_error = error
+            if pace == AGAIN:
+                continue
+            failures, since = failures + 1, since if failures else time.monotonic()
+            lo, hi = self.backoff
+            delay = hi if pace == SLOW else min(hi, lo * 2 ** (failures - 1))
+            delay *= random.uniform(0.5, 1.0)
+            level = logging.ERROR if pace == SLOW else logging.WARNING
+            if error == said[0] and time.monotonic() - said[1] < QUIET_S:
+                level = logging.DEBUG  # the same trouble again: not every few seconds
+            else:
+                said = (error, time.monotonic())
+            log.log(level, "%s; %s events waiting; retrying in %.2f s", error,
+                    f"{self.backlog():,}", delay)
+            self._sleep(delay)
 
     def _wait_until_due(self) -> bool:
         """Wait until a batch is due; False once stopping."""
@@ -358,14 +429,14 @@ class Outbox:
             batch.append(row)
         return batch, problem
 
-    def _send(self, client: httpx.Client, batch: list[Row]) -> tuple[str | None, str]:
+    def _send(self, batch: list[Row]) -> tuple[str | None, str]:
         """POST one batch and act on the answer: the error, if any, and when to try again."""
         payload = ("[" + ",".join(row[2] for row in batch) + "]").encode()
         try:
-            r = client.post(f"{self.url}/api/events", content=payload)
-        except httpx.TransportError as e:
+            r = self._conn.post(payload)
+        except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, TLS
             return f"vlmd at {self.url} unreachable ({type(e).__name__})", BACKOFF
-        status, reason = r.status_code, _reason(r)
+        status, reason = r.status, _reason(r)
         if status == 200:
             self._acknowledged(batch, r)
             return None, AGAIN
@@ -388,7 +459,7 @@ class Outbox:
         what = "vlmd refused the token" if status in (401, 403) else "vlmd refused the events"
         return f"{what} at {self.url} ({status}: {reason}); check the agent's settings", SLOW
 
-    def _acknowledged(self, batch: list[Row], r: httpx.Response) -> None:
+    def _acknowledged(self, batch: list[Row], r: Response) -> None:
         try:
             dups = int(r.json().get("duplicates", 0))
         except (ValueError, AttributeError, TypeError):
@@ -440,14 +511,14 @@ def _encode(event: Mapping[str, Any], index: int, now: float) -> str:
     return text
 
 
-def _reason(r: httpx.Response) -> str:
+def _reason(r: Response) -> str:
     try:
         return str(r.json()["error"])[:500]
     except (ValueError, KeyError, TypeError):
-        return r.text[:200] or r.reason_phrase
+        return r.body[:200].decode(errors="replace") or r.reason
 
 
-def _named(r: httpx.Response, size: int) -> dict[int, str]:
+def _named(r: Response, size: int) -> dict[int, str]:
     """The events a 422 names (vlmd lists them under ``errors``), each with its reasons."""
     named: dict[int, str] = {}
     try:
