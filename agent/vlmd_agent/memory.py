@@ -18,9 +18,12 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
 # cgroup v1 has no "unlimited" value: it reports the largest page-aligned long instead.
 _V1_UNLIMITED = 1 << 62
-# Walking the whole process table for children costs a read per process on the host (~0.6 ms
-# for 130 processes), so the tree is found again every 2 s; its members' RSS is read every sample.
-TREE_REFRESH_S = 2.0
+# The process tree is found again every TREE_REFRESH_S; its members' RSS (their held-open statm)
+# is read every sample. A child started between walks is counted from the next walk on, within
+# TREE_REFRESH_S; one that exits is dropped at the next sample. A walk lists /proc and reads the
+# parent of new pids only (`ProcessTable`); every FULL_WALK_EVERY walks it reads them all.
+TREE_REFRESH_S = 1.0
+FULL_WALK_EVERY = 10
 
 
 class _Reader:
@@ -109,6 +112,7 @@ class RamReader:
         self._tree_pid: int | None = None
         self._tree: dict[int, _Reader] = {}  # pid -> its /proc/<pid>/statm, held open
         self._tree_at = 0.0
+        self._table = ProcessTable()
 
     def sample(self, pid: int | None) -> dict[str, Any]:
         """RAM now, in MB unless named otherwise.
@@ -135,10 +139,11 @@ class RamReader:
         return list(self._tree)
 
     def _host(self) -> tuple[int | None, int | None]:
-        text = self._meminfo.read(512) or ""  # MemTotal, MemFree, MemAvailable come first
-        kb = {k: int(v.split()[0]) * 1024 for k, _, v in
-              (line.partition(":") for line in text.splitlines()[:3]) if v.strip()}
-        return kb.get("MemTotal"), kb.get("MemAvailable")
+        # "MemTotal: N kB\nMemFree: N kB\nMemAvailable: N kB\n..." (the kernel's order).
+        words = (self._meminfo.read(512) or "").split(None, 9)[:9]
+        kb = {k: int(v) * 1024 for k, v in zip(words[::3], words[1::3], strict=False)
+              if v.isdigit()}
+        return kb.get("MemTotal:"), kb.get("MemAvailable:")
 
     def _cgroup(self) -> tuple[int | None, int | None, int | None]:
         if not self._cg or self.cgroup is None:
@@ -152,7 +157,7 @@ class RamReader:
     def _rss(self, pid: int | None) -> float | None:
         now = time.monotonic()
         if pid != self._tree_pid or now - self._tree_at >= TREE_REFRESH_S:
-            pids = _tree(pid)
+            pids = self._table.tree(pid)
             for gone in self._tree.keys() - pids:
                 self._tree.pop(gone).close()
             self._tree |= {p: _Reader(Path(f"/proc/{p}/statm")) for p in pids - self._tree.keys()}
@@ -175,30 +180,56 @@ class RamReader:
         self._tree.clear()
 
 
-def _tree(pid: int | None) -> set[int]:
-    """`pid` and its descendants (empty if it is gone), from one pass over ``/proc/*/stat``.
+class ProcessTable:
+    """Parent pids of every process, for finding a process tree; re-read only where needed.
 
-    Done here with one read per process: psutil's ``children(recursive=True)`` does the same
-    walk through file objects and costs about twice as much.
+    A full walk reads ``/proc/*/stat`` of every process on the host (~8 us each); done once a
+    second that is most of the sampler's RAM cost. So a walk lists ``/proc`` and reads the
+    parent of pids it has not seen, and again of pids whose parent has gone (they were
+    reparented); every `full_every` walks it reads every process. A pid that was reused since
+    the last walk (the pid space wrapped around within a walk's interval) is read again at the
+    next full walk.
     """
-    if pid is None:
-        return set()
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (ppid := _ppid(name)) is not None:
-            children.setdefault(ppid, []).append(int(name))
-    if not os.path.exists(f"/proc/{pid}"):
-        return set()
-    found, todo = {pid}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+
+    def __init__(self, full_every: int = FULL_WALK_EVERY) -> None:
+        self.full_every = full_every
+        self._parents: dict[int, int] = {}
+        self._walks = 0
+        self.reads = 0  # ``/proc/PID/stat`` reads so far (to show the saving)
+
+    def tree(self, pid: int | None) -> set[int]:
+        """`pid` and its descendants (empty if it is gone or None)."""
+        if pid is None:
+            return set()
+        full = self._walks % self.full_every == 0
+        self._walks += 1
+        listed = {int(name) for name in os.listdir("/proc") if name.isdigit()}
+        known = {} if full else {p: pp for p, pp in self._parents.items() if p in listed}
+        parents: dict[int, int] = {}
+        for p in listed:
+            pp = known.get(p)
+            if pp is None or pp not in listed:  # new, or its parent exited: read it again
+                self.reads += 1
+                pp = _ppid(p)
+                if pp is None:
+                    continue  # exited since listed
+            parents[p] = pp
+        self._parents = parents
+        if pid not in parents:
+            return set()
+        children: dict[int, list[int]] = {}
+        for p, pp in parents.items():
+            children.setdefault(pp, []).append(p)
+        found, todo = {pid}, [pid]
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return found
 
 
-def _ppid(pid: str) -> int | None:
+def _ppid(pid: int) -> int | None:
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
