@@ -357,3 +357,30 @@ def test_put_latency_and_delivery_rate_to_a_local_vlmd(
     assert stats.sent == 5_000
     assert len(logged_keys(daemon_proc.db)) == 5_000
     assert median_us < 50_000  # a sanity bound, not a benchmark
+
+
+def test_events_are_encoded_as_the_standard_library_would_or_refused() -> None:
+    from vlmd_agent.outbox import _encode, _fast_json
+    sample = {"key": "k-s", "run": "r-enc", "kind": "watchdog.sample", "ts": 1.7e9,
+              "body": {"host": "h", "samples": [
+                  {"t": 1.7e9 + i / 20, "ram": {"host_used_mb": 1e3 / 3, "rss_mb": 12.25},
+                   "gpus": [{"index": g, "mem_used_mb": g * 1e4 / 7, "util_pct": 50.5}
+                            for g in range(8)]} for i in range(20)]}}
+    fast = _fast_json(sample)
+    assert fast is not None and json.loads(fast) == json.loads(json.dumps(sample))
+    assert _encode(sample, 0, 1.7e9) == fast
+    good = completed("r-enc", 1)
+    for extra in (float("nan"), float("inf"), [1.0, float("-inf")]):  # orjson: null; refused
+        with pytest.raises(ValueError, match="not JSON"):
+            _encode({**good, "body": {**good["body"], "extra": extra}}, 0, good["ts"])
+    with_none = {**good, "body": {**good["body"], "extra": None}}
+    assert _fast_json(with_none) is None  # a null: the standard library decides
+    assert json.loads(_encode(with_none, 0, good["ts"]))["body"]["extra"] is None
+    int_key = {**good, "body": {**good["body"], "extra": {1: "a"}}}
+    assert _fast_json(int_key) is None
+    assert json.loads(_encode(int_key, 0, good["ts"]))["body"]["extra"] == {"1": "a"}
+    assert _fast_json({**good, "body": {**good["body"], "answer": "\ud800"}}) is None
+    nan_gpu = json.loads(fast)  # inside a sample's gpus, which vlmd does not check field by field
+    nan_gpu["body"]["samples"][3]["gpus"][2]["util_pct"] = float("nan")
+    with pytest.raises(ValueError, match="not JSON"):
+        _encode(nan_gpu, 0, 1.7e9)
