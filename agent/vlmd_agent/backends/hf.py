@@ -24,13 +24,13 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
-from .base import BackendError, Generation, Request, gaps_ms, ms, now_ns, tpot_ms
+from .base import BackendError, Generation, Request, VramSource, gaps_ms, ms, now_ns, tpot_ms
 
 MIB = float(1 << 20)
 CPU_NOTE = "cpu: no VRAM measured"
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Memory:
     """What the CUDA allocator said around one request, in MiB."""
 
@@ -38,31 +38,42 @@ class _Memory:
     peak_delta_mb: float | None = None
 
 
+_NO_MEMORY = _Memory()  # on CPU: nothing measured
+
+
 def _token_clock(base: type) -> type:
-    """A `BaseStreamer` subclass, `TokenClock`, that stamps each decoding step's tokens."""
+    """A `BaseStreamer` subclass, `TokenClock`, that stamps each decoding step's token."""
 
     class TokenClock(base):  # type: ignore[misc]
         """Records when each generated token reaches the host; raises ``timeout`` past
-        `deadline_ns`. Nothing else: it runs once per decoding step, inside the timed path."""
+        `deadline_ns`. Nothing else: it runs once per decoding step, inside the timed path.
+
+        ``stamps`` holds one reading per `put`; the first `put` carries the prompt, each later
+        one the single token of a greedy, batch-of-one decoding step (all `HFBackend` runs), so
+        the tokens' times are ``stamps[1:]`` (`token_ns`). Appending one clock reading is the
+        whole per-step cost: no tensor is looked at.
+        """
 
         def __init__(self, deadline_ns: int) -> None:
             self.deadline_ns = deadline_ns
-            self.prompt_seen = False
-            self.token_ns: list[int] = []
+            self.stamps: list[int] = []
+            self._record = self.stamps.append
 
         def put(self, value: Any) -> None:
             # generate() hands over `tokens.cpu()`: on a GPU that copy waits for the device, so
-            # the stamp is when the token really exists. The first call carries the prompt.
+            # the stamp is when the token really exists.
             stamp = perf_counter_ns()
             if stamp > self.deadline_ns:
                 raise BackendError("timeout", "generation ran past the request's time limit")
-            if self.prompt_seen:
-                self.token_ns += [stamp] * value.numel()
-            else:
-                self.prompt_seen = True
+            self._record(stamp)
 
         def end(self) -> None:
             return None
+
+        @property
+        def token_ns(self) -> list[int]:
+            """When each generated token reached the host (the prompt's `put` left out)."""
+            return self.stamps[1:]
 
     return TokenClock
 
@@ -96,6 +107,9 @@ class HFBackend:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        self._on_cuda = self.device.type == "cuda"
+        self._vram_source: VramSource | None = "torch.cuda" if self._on_cuda else None
+        self._vram_note = None if self._on_cuda else CPU_NOTE
         self._torch = torch
         self._clock_type = _token_clock(BaseStreamer)
         self.processor: Any = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
@@ -123,33 +137,31 @@ class HFBackend:
         inputs = self._prepare(request)
         limit = max(1, min(request.max_new_tokens, self.max_new_tokens))
         prompt_len = int(inputs["input_ids"].shape[-1])
-        on_cuda = self.device.type == "cuda"
-        if on_cuda:
+        if self._on_cuda:
             output, memory = self._measure_cuda(inputs, limit, clock)
         else:
-            output = self._run(inputs, limit, clock)
-            memory = _Memory()
+            output, memory = self._run(inputs, limit, clock), _NO_MEMORY
         end = now_ns()
         e2e = ms(start, end)
         if e2e >= self.timeout_s * 1000.0:
             raise BackendError("timeout", f"generation took {e2e / 1000.0:.1f} s")
-        new_ids = output[0, prompt_len:]
-        text = self.processor.decode(new_ids, skip_special_tokens=True).strip()
-        tokens = len(clock.token_ns)
-        ttft = ms(start, clock.token_ns[0]) if tokens else None
+        text = self.processor.decode(output[0, prompt_len:], skip_special_tokens=True).strip()
+        token_ns = clock.token_ns
+        tokens = len(token_ns)
+        ttft = ms(start, token_ns[0]) if tokens else None
         return Generation(
-            text=text,
-            ttft_ms=ttft,
-            tpot_ms=tpot_ms(e2e, ttft, tokens),
-            e2e_ms=e2e,
-            input_tokens=prompt_len,
-            output_tokens=tokens,
-            tokens_source="tokenizer",
-            itl_ms=gaps_ms(clock.token_ns),
-            vram_before_mb=memory.before_mb,
-            vram_peak_delta_mb=memory.peak_delta_mb,
-            vram_source="torch.cuda" if on_cuda else None,
-            vram_note=None if on_cuda else CPU_NOTE,
+            text,
+            ttft,
+            tpot_ms(e2e, ttft, tokens),
+            e2e,
+            prompt_len,
+            tokens,
+            "tokenizer",
+            gaps_ms(token_ns),
+            memory.before_mb,
+            memory.peak_delta_mb,
+            self._vram_source,
+            self._vram_note,
         )
 
     def close(self) -> None:
