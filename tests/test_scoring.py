@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from vlmd_agent import scoring
 from vlmd_agent.datasets import Item
 from vlmd_agent.scoring import anls, exact, extract_choice, mcq, normalise, score, vqa
 
@@ -157,3 +160,45 @@ def test_score_dispatches_on_the_items_scorer(item: Item, prediction: str,
 def test_score_rejects_an_unknown_scorer() -> None:
     with pytest.raises(ValueError, match="unknown scorer 'bleu'"):
         score(_item("bleu", "x", {}), "x")
+
+
+# Characters the scorers' regexes turn on, non-ASCII ones that IGNORECASE folds to ASCII
+# (long s, Kelvin sign) and other letters and digits.
+TRICKY = st.text(st.sampled_from([*"aAbBcCiIsSkK nN answer correct option is*_`<>/()[].:,-\n\t'",
+                                  *"0123456789", "\u017f", "\u212a", "\u00e9", "\u00b2",
+                                  "\u00bd", "\u2019", "\u00a0"]), max_size=24)
+
+
+def _check_cheap_tests(text: str) -> None:
+    """Each regex a cheap test skips could not have matched: the scores are the regexes'."""
+    lowered = text.lower()
+    if scoring._MARKUP.search(text):
+        assert scoring._has_markup(text)
+    if scoring._ANSWER_PHRASE.search(text):
+        assert scoring._may_phrase(text, lowered)
+    stripped = text.strip()
+    if scoring._LEADING.match(stripped):
+        assert scoring._may_lead(stripped)
+    if scoring._MENTION.search(text):
+        assert lowered != text  # extract_choice looks for a capital only then
+    if scoring._THOUSANDS.search(lowered) or scoring._PUNCT.search(lowered):
+        assert not scoring._plain(lowered)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(TRICKY, st.text(max_size=24)))
+def test_the_cheap_tests_never_skip_a_regex_that_would_match(text: str) -> None:
+    _check_cheap_tests(text)
+
+
+@pytest.mark.parametrize("text", ["an\u017fwer: B", "\u212a", "B", "b)", "(c", "[B]", "B -",
+                                  "1,000", "3.5", "", "Ab", "I like", "x_y", "<b>B</b>", "`A`"])
+def test_the_cheap_tests_never_skip_a_regex_that_would_match_these(text: str) -> None:
+    _check_cheap_tests(text)
+
+
+def test_the_cheap_tests_do_skip_plain_answers() -> None:
+    # what they are for: a one-word answer runs none of the regexes
+    assert not scoring._has_markup("triangle") and not scoring._may_phrase("triangle", "triangle")
+    assert not scoring._may_lead("triangle") and not scoring._may_lead("3 sides")
+    assert scoring._plain("dark red 2") and not scoring._plain("dark-red")

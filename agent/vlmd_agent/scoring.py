@@ -38,10 +38,10 @@ def normalise(text: str) -> str:
     every other punctuation mark (but a decimal point) becomes a space; the articles a/an/the
     go; number words up to twenty become digits; whitespace collapses."""
     text = text.lower().replace("'", "").replace("\u2019", "")
-    text = _THOUSANDS.sub("", text)
-    text = _PUNCT.sub(" ", text)
-    words = (NUMBER_WORDS.get(word, word) for word in text.split() if word not in ARTICLES)
-    return " ".join(words)
+    if not _plain(text):
+        text = _PUNCT.sub(" ", _THOUSANDS.sub("", text))
+    return " ".join([NUMBER_WORDS.get(word, word) for word in text.split()
+                     if word not in ARTICLES])
 
 
 # Options and reference answers recur item after item: normalise each text once.
@@ -66,7 +66,9 @@ def extract_choice(prediction: str, choices: Mapping[str, str]) -> str | None:
     if not choices:
         return None
     letters = {letter.upper(): letter for letter in choices}
-    text = _MARKUP.sub("", prediction).strip()
+    # each regex runs only where a cheap test says it could match (see `_has_markup`)
+    text = (_MARKUP.sub("", prediction) if _has_markup(prediction) else prediction).strip()
+    lowered = text.lower()
 
     def pick(match: re.Match[str]) -> str | None:
         letter = match.group(1)
@@ -74,10 +76,11 @@ def extract_choice(prediction: str, choices: Mapping[str, str]) -> str | None:
             return None
         return letters.get(letter.upper())
 
-    phrases = [p for m in _ANSWER_PHRASE.finditer(text) if (p := pick(m))]
-    if phrases:
-        return phrases[-1]
-    if (leading := _LEADING.match(text)) and (letter := pick(leading)):
+    if _may_phrase(text, lowered):
+        phrases = [p for m in _ANSWER_PHRASE.finditer(text) if (p := pick(m))]
+        if phrases:
+            return phrases[-1]
+    if _may_lead(text) and (leading := _LEADING.match(text)) and (letter := pick(leading)):
         return letter
     said = normalise(text)
     texts = {letter: _normalised(option) for letter, option in choices.items()}
@@ -88,11 +91,12 @@ def extract_choice(prediction: str, choices: Mapping[str, str]) -> str | None:
         letters[m.group(1)] for m in _MENTION.finditer(text)
         if m.group(1) in letters
         and not (m.group(1) in "AI" and _WORD_AFTER.match(text, m.end()))
-    }
+    } if lowered != text else set()  # no capital letter at all: nothing to mention
     if len(mentioned) == 1:
         return mentioned.pop()
+    padded = f" {said} "
     contained = {letter: option for letter, option in texts.items()
-                 if option and f" {option} " in f" {said} "}
+                 if option and f" {option} " in padded}
     # "dark red" contains "red": an option inside a longer matched option does not count
     outer = [letter for letter, option in contained.items()
              if not any(option != other and f" {option} " in f" {other} "
@@ -144,6 +148,33 @@ def score(item: Item, prediction: str) -> float:
     return scorer(item, prediction)
 
 
+# Cheap tests that say when a regex cannot match, so it is not run: scoring runs right after
+# generation has evicted the caches, where each regex costs microseconds (tests pin each test
+# against its regex).
+
+def _has_markup(text: str) -> bool:
+    """False when `_MARKUP` cannot match: each of its matches holds one of these characters."""
+    return "*" in text or "_" in text or "`" in text or "<" in text
+
+
+def _may_phrase(text: str, lowered: str) -> bool:
+    """False when `_ANSWER_PHRASE` cannot match (`lowered` is ``text.lower()``). IGNORECASE
+    also folds some non-ASCII letters to ASCII ones (U+017F, long s, is "s")."""
+    return not text.isascii() or "answer" in lowered or "correct" in lowered
+
+
+def _may_lead(text: str) -> bool:
+    """False when `_LEADING` cannot match: the text starts with a digit, or with two letters or
+    digits (a lone letter is followed by punctuation, a space or the end)."""
+    return not (text[:1].isdigit() or (len(text) > 1 and text[:2].isalnum()))
+
+
+def _plain(text: str) -> bool:
+    """ASCII letters, digits and spaces only (most answers): `_THOUSANDS` and `_PUNCT` cannot
+    match."""
+    return text.isascii() and text.replace(" ", "").isalnum()
+
+
 def _levenshtein(a: str, b: str) -> int:
     """Edits (insertions, deletions, substitutions) that turn ``a`` into ``b``."""
     if len(a) < len(b):
@@ -158,8 +189,12 @@ def _levenshtein(a: str, b: str) -> int:
 
 
 def _mcq_item(item: Item, prediction: str) -> float:
+    # `mcq` for each reference letter, with the choice extracted once
+    choice = extract_choice(prediction, item.choices)
+    if choice is None:
+        return 0.0
     answers = (item.answer,) if isinstance(item.answer, str) else item.answer
-    return max(mcq(prediction, answer, item.choices) for answer in answers)
+    return 1.0 if any(choice == answer.strip().upper() for answer in answers) else 0.0
 
 
 _SCORERS: dict[str, Callable[[Item, str], float]] = {
