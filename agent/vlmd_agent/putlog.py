@@ -34,8 +34,12 @@ class PutLog:
         Errors:
             OSError: the write failed (e.g. the disk is full); nothing is logged.
         """
-        lines = [f"{len(key.encode())}:{key}{text}\n" for key, text in events]
-        data = "".join([f"{len(events)} {queued!r}\n", *lines]).encode()
+        if len(events) == 1:  # `Outbox.put`: one f-string, one encode
+            ((key, text),) = events
+            data = f"1 {queued!r}\n{_size(key)}:{key}{text}\n".encode()
+        else:
+            lines = [f"{_size(key)}:{key}{text}\n" for key, text in events]
+            data = "".join([f"{len(events)} {queued!r}\n", *lines]).encode()
         written = os.write(self._fd, data)
         if written != len(data):  # a short write: cut it off, or the next frame would be lost
             os.ftruncate(self._fd, self.size)
@@ -72,3 +76,8 @@ class PutLog:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _size(key: str) -> int:
+    """The key's length in UTF-8 bytes (an ASCII key, the usual one, is not encoded to count)."""
+    return len(key) if key.isascii() else len(key.encode())
