@@ -373,9 +373,12 @@ def test_events_are_encoded_as_the_standard_library_would_or_refused() -> None:
     for extra in (float("nan"), float("inf"), [1.0, float("-inf")]):  # orjson: null; refused
         with pytest.raises(ValueError, match="not JSON"):
             _encode({**good, "body": {**good["body"], "extra": extra}}, 0, good["ts"])
-    with_none = {**good, "body": {**good["body"], "extra": None}}
-    assert _fast_json(with_none) is None  # a null: the standard library decides
-    assert json.loads(_encode(with_none, 0, good["ts"]))["body"]["extra"] is None
+    with_none = {**good, "body": {**good["body"], "extra": [None, 1.5], "vram_before_mb": None}}
+    assert _fast_json(with_none) == json.dumps(with_none, separators=(",", ":"))  # a real null
+    assert json.loads(_encode(with_none, 0, good["ts"]))["body"]["extra"] == [None, 1.5]
+    with_tuple = {**good, "body": {**good["body"], "extra": (1, None)}}  # an array, as json's
+    assert _fast_json(with_tuple) is None  # a null that reads back as [1, None], not (1, None)
+    assert json.loads(_encode(with_tuple, 0, good["ts"]))["body"]["extra"] == [1, None]
     int_key = {**good, "body": {**good["body"], "extra": {1: "a"}}}
     assert _fast_json(int_key) is None
     assert json.loads(_encode(int_key, 0, good["ts"]))["body"]["extra"] == {"1": "a"}
