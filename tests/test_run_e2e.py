@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import DaemonProcess, start_daemon
@@ -57,6 +60,15 @@ def test_vlmd_run_with_an_embedded_daemon_ends_with_a_summary_and_answers(
     rows = list(csv.DictReader(io.StringIO(text)))
     assert sorted(r["item"] for r in rows) == sorted(f"demo-{i:04d}" for i in range(25))
     assert "[########################] 25/25" in done.stderr
+    # the embedded vlmd waited for its agents: none is left retrying against a stopped daemon
+    mark = os.environ["VLMD_TEST_MARK"]
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if ("vlmd_agent" in " ".join(proc.info["cmdline"] or ())
+                    and proc.environ().get("VLMD_TEST_MARK") == mark):
+                left.append(proc.info["cmdline"])
+    assert left == []
 
 
 def test_stopping_vlmd_mid_run_loses_nothing_and_duplicates_nothing(

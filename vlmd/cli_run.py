@@ -21,6 +21,7 @@ from vlmd.cli import CliError, command
 from vlmd.config import Config
 from vlmd.daemon import serve
 from vlmd.follow import follow, report_table
+from vlmd.launcher import LocalLauncher
 
 DEMO_MODELS = ("demo:tiny", "demo:small")
 
@@ -73,6 +74,10 @@ async def connect(config: Config) -> AsyncIterator[tuple[Client, bool]]:
         client = Client(daemon.url, daemon.token)
         try:
             yield client, True
+            launcher = daemon.launcher  # not on Ctrl-C: vlmd stops at once then
+            if isinstance(launcher, LocalLauncher) and (left := await launcher.stop_agents()):
+                print(f"vlmd: {left} agent(s) still running; their spools keep their events",
+                      file=sys.stderr)
         finally:
             await client.http.aclose()
             daemon.shutdown.set()

@@ -43,6 +43,7 @@ class Daemon:
     live: Live
     token: str
     shutdown: trio.Event = field(default_factory=trio.Event)
+    launcher: LocalLauncher | SlurmLauncher | None = None
 
 
 def _hypercorn_config(config: Config) -> hypercorn.config.Config:
@@ -142,7 +143,7 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
                 await services.start(notify.keep_alive, live)
                 log.info("listening on %s (log %s: %d events, %d runs)", url, event_log.path,
                          live.head, len(live.tracker.runs))
-                task_status.started(Daemon(url, live, token, shutdown))
+                task_status.started(Daemon(url, live, token, shutdown, launcher))
                 notify.notify(f"READY=1\nSTATUS={notify.status_line(live, 0.0)}")
                 await shutdown.wait()
                 notify.notify("STOPPING=1")

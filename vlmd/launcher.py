@@ -126,6 +126,23 @@ class LocalLauncher:
             proc.send_signal(signal.SIGTERM)
         return len(procs)
 
+    async def stop_agents(self, grace_s: float = 30.0, term_s: float = 10.0) -> int:
+        """Wait up to `grace_s` for the agents to end on their own (an agent whose run ended
+        exits once vlmd has its last events), then SIGTERM those left (each flushes and stops)
+        and wait up to `term_s` more; returns how many still run. For an embedded vlmd, before
+        it stops: a daemon that stops first leaves them retrying with nobody to answer."""
+        for wait_s, then_stop in ((grace_s, True), (term_s, False)):
+            with trio.move_on_after(wait_s):
+                while self.procs:
+                    await trio.sleep(0.1)
+            if not self.procs:
+                return 0
+            if then_stop:
+                for run in {r for r, _ in self.procs}:
+                    log.info("run %s: its agents have not exited; stopping them", run)
+                    await self.cancel(run)
+        return len(self.procs)
+
     async def resume(self, spec: LaunchSpec, shards: list[int]) -> list[int]:
         """Start agents again for `shards` that have none running; they skip completed items."""
         assert self._nursery is not None, "LocalLauncher.run must be started first"
