@@ -106,7 +106,12 @@ def extract_choice(prediction: str, choices: Mapping[str, str]) -> str | None:
 
 def mcq(prediction: str, answer: str, choices: Mapping[str, str]) -> float:
     """1.0 when `extract_choice` finds the answer's letter in the prediction, else 0.0."""
-    return 1.0 if extract_choice(prediction, choices) == answer.strip().upper() else 0.0
+    return 1.0 if _is_answer(extract_choice(prediction, choices), answer) else 0.0
+
+
+def _is_answer(choice: str | None, answer: str) -> bool:
+    """Whether the letter `extract_choice` found is the reference `answer`'s."""
+    return choice == answer.strip().upper()
 
 
 def exact(prediction: str, answer: str | Sequence[str]) -> float:
@@ -191,10 +196,8 @@ def _levenshtein(a: str, b: str) -> int:
 def _mcq_item(item: Item, prediction: str) -> float:
     # `mcq` for each reference letter, with the choice extracted once
     choice = extract_choice(prediction, item.choices)
-    if choice is None:
-        return 0.0
     answers = (item.answer,) if isinstance(item.answer, str) else item.answer
-    return 1.0 if any(choice == answer.strip().upper() for answer in answers) else 0.0
+    return 1.0 if any(_is_answer(choice, answer) for answer in answers) else 0.0
 
 
 _SCORERS: dict[str, Callable[[Item, str], float]] = {

@@ -47,7 +47,6 @@ RESUME_TRIES_S = 30.0
 # of every 100 ms. A lone item still goes out within the outbox's flush_s.
 OUTBOX_PACE_S = 1.0
 OUTBOX_BATCH_MAX = 500
-_NO_SHARD: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -117,23 +116,19 @@ def item_event(cfg: WrapperConfig, item: datasets.Item, backend: Any) -> dict[st
     request = Request(item.prompt(), item.image, item.image_mime, cfg.max_new_tokens)
     expected: str | list[str] = (item.answer if isinstance(item.answer, str)
                                  else list(item.answer))
+    head: dict[str, Any] = {"item": item.id, "question": item.question, "expected": expected}
+    if cfg.shard:
+        head["shard"] = cfg.shard
     try:
         generation = backend.generate(request)
     except BackendError as e:
-        body: dict[str, Any] = {"item": item.id, "question": item.question, "expected": expected}
-        if cfg.shard:
-            body["shard"] = cfg.shard
-        body.update(reason=e.reason, message=e.message)
         key = f"{cfg.run}/item/{item.id}/failed/{cfg.attempt}-{uuid.uuid4().hex[:8]}"
-        return wire.envelope(cfg.run, "item.failed", body, key=key)
+        return wire.envelope(cfg.run, "item.failed",
+                             {**head, "reason": e.reason, "message": e.message}, key=key)
     text = generation.text
-    # one dict display, in the field order of the failed body above (no update, no copy)
-    shard = {"shard": cfg.shard} if cfg.shard else _NO_SHARD
-    return {"key": f"{cfg.run}/item/{item.id}/ok", "run": cfg.run, "kind": "item.completed",
-            "ts": time.time(),
-            "body": {"item": item.id, "question": item.question, "expected": expected, **shard,
-                     "answer": text, "score": scoring.score(item, text),
-                     **generation.metrics()}}
+    return wire.envelope(cfg.run, "item.completed", {
+        **head, "answer": text, "score": scoring.score(item, text), **generation.metrics()},
+        key=f"{cfg.run}/item/{item.id}/ok")
 
 
 def open_outbox(cfg: WrapperConfig, token: str) -> Outbox:
