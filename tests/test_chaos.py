@@ -65,7 +65,7 @@ def test_a_wrapper_outlives_the_thread_that_forked_it_but_not_its_watchdog(
     os.close(write_fd)
     wrapper = started[0]
     try:
-        assert b'"state": "loading"' in first_line[0]
+        assert b'"state":"loading"' in first_line[0]
         with pytest.raises(subprocess.TimeoutExpired):  # vlmd is unreachable: it keeps trying
             wrapper.wait(1.5)
         os.close(read_fd)  # what the kernel does when the watchdog dies, however it dies

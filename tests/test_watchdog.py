@@ -383,9 +383,9 @@ async def test_events_spooled_while_vlmd_is_down_are_flushed_or_kept_for_the_nex
     config = daemon_config(tmp_path / "vlmd.db", port=port)
     async with trio.open_nursery() as nursery:
         first: Daemon = await nursery.start(serve, config)
-        agent = await agents.start(first, "r-down", "--model", "demo:instant:30")
+        agent = await agents.start(first, "r-down", "--model", "demo:instant:100")  # 3 s
         await wait_done(first, "r-down", 3)
-        first.shutdown.set()  # vlmd goes away; the wrapper spools the rest and gives up on it
+        first.shutdown.set()  # vlmd goes away; the agent spools the rest and gives up on it
     with trio.fail_after(20):
         while "events left in the spools" not in agents.log("r-down"):
             await trio.sleep(0.1)

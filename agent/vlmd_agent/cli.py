@@ -37,7 +37,7 @@ from vlmd_agent.memory import CgroupPaths, RamReader
 from vlmd_agent.outbox import Outbox
 from vlmd_agent.sampler import Sampler
 from vlmd_agent.watchdog import Watchdog, WatchdogConfig
-from vlmd_agent.wrapper import WrapperConfig
+from vlmd_agent.wrapper import WrapperConfig, open_outbox
 
 log = logging.getLogger("vlmd_agent.watchdog")
 
@@ -163,8 +163,8 @@ async def run_agent(cfg: WatchdogConfig) -> int:
 
     Signals: the first SIGTERM/SIGINT stops the wrapper (SIGTERM, then SIGKILL after
     ``stop_timeout_s``), a second kills it at once; during the final flush one ends the wait.
-    Resources: the spool directory (``watchdog.db``; ``wrapper.db`` once the wrapper is gone),
-    a GPU source, the wrapper process.
+    Resources: the spool directory (``watchdog.db``, and ``wrapper.db`` for the events the
+    wrapper reports), a GPU source, the wrapper process.
     """
     spool = Path(cfg.wrapper.spool)
     spool.mkdir(parents=True, exist_ok=True)
@@ -173,13 +173,19 @@ async def run_agent(cfg: WatchdogConfig) -> int:
     except RuntimeError as e:
         log.error("%s: is another vlmd-agent running this shard?", e)
         return EXIT_USAGE
+    try:
+        items = open_outbox(cfg.wrapper, cfg.token).start()
+    except RuntimeError as e:  # a wrapper this agent's predecessor lost track of holds it
+        box.close(flush_timeout=0)
+        log.error("%s: is a wrapper of an earlier agent still running this shard?", e)
+        return EXIT_USAGE
     sampler = Sampler(open_gpus(interval_s=cfg.interval_s), cfg.interval_s,
                       ram=RamReader(cfg.cgroup))
     shard = f" shard {cfg.wrapper.shard}" if cfg.wrapper.shard else ""
     log.info("watchdog pid %d for run %s%s; sampling every %g s (GPU: %s%s); spool %s",
              os.getpid(), cfg.wrapper.run, shard, cfg.interval_s, sampler.gpus.kind,
              f", {sampler.gpus.reason}" if sampler.gpus.reason else "", spool)
-    dog = Watchdog(cfg, box, sampler)
+    dog = Watchdog(cfg, box, sampler, items)
     flushing = trio.CancelScope()
     interrupted: list[int] = []  # a signal that cut the final flush short
 
@@ -202,27 +208,21 @@ async def run_agent(cfg: WatchdogConfig) -> int:
             if dog.stopping is not None:
                 flushing.deadline = trio.current_time() + STOP_FLUSH_S
             with flushing:
-                await _flush_spools(cfg, box)
+                await _flush_spools(cfg, [box, items])
             nursery.cancel_scope.cancel()
     finally:
         sampler.close()
         box.close(flush_timeout=0)
+        items.close(flush_timeout=0)
     if interrupted:  # finished or not, vlmd does not know it all yet
         code = 128 + interrupted[0]
     log.info("agent exits with status %d", code)
     return code
 
 
-async def _flush_spools(cfg: WatchdogConfig, box: Outbox) -> None:
+async def _flush_spools(cfg: WatchdogConfig, boxes: list[Outbox]) -> None:
     """Send what the watchdog's spool and the wrapper's hold until both are empty, logging
     progress; cancelled (a signal, a deadline), it leaves the rest in the spool files."""
-    boxes = [box]
-    path = Path(cfg.wrapper.spool) / "wrapper.db"
-    if path.exists():
-        try:
-            boxes.append(Outbox(path, cfg.wrapper.url, cfg.token).start())
-        except RuntimeError as e:  # a wrapper this agent lost track of still holds it
-            log.error("cannot flush the wrapper's spool: %s", e)
     said = trio.current_time() - PROGRESS_LOG_S + 1.0  # quiet for the usual second
     try:
         while waiting := sum(b.backlog() for b in boxes):
@@ -237,8 +237,6 @@ async def _flush_spools(cfg: WatchdogConfig, box: Outbox) -> None:
         if left := sum(b.backlog() for b in boxes):
             log.warning("%d events not sent; they stay in %s for the next start", left,
                         cfg.wrapper.spool)
-        for b in boxes[1:]:
-            b.close(flush_timeout=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

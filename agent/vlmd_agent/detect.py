@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 import trio
 
@@ -261,7 +261,7 @@ def _size(path: Path) -> int:
 
 def status_line(line: bytes) -> dict[str, Any]:
     """One status line from the wrapper as a dict with a string ``state``; ValueError if not."""
-    status = json.loads(line)
+    status = orjson.loads(line)  # a ValueError when it is not JSON
     if not isinstance(status, dict) or not isinstance(status.get("state"), str):
         raise ValueError("expected an object with a string 'state'")
     return status

@@ -11,6 +11,7 @@ it (signals, spools, the final flush) is `vlmd_agent.cli.run_agent`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from vlmd_agent.detect import (
 from vlmd_agent.memory import CgroupPaths
 from vlmd_agent.outbox import Outbox
 from vlmd_agent.sampler import Sample, Sampler, run_sampler
-from vlmd_agent.wrapper import WrapperConfig
+from vlmd_agent.wrapper import WrapperConfig, scored_event
 
 log = logging.getLogger("vlmd_agent.watchdog")
 
@@ -49,6 +50,8 @@ EXIT_FINISHED, EXIT_FAILED = 0, 1
 ALERT_SAMPLES_S = 10.0  # every alert carries this much history
 SAMPLE_BATCH_S = 1.0  # one watchdog.sample event per second
 STATUS_DRAIN_S = 0.5  # status lines still read after the wrapper exited
+STATUS_POLL_S = 0.05  # the status pipe is read this often (not waited on: see `read_lines`)
+PIPE_BYTES = 1 << 20  # the status pipe's buffer, where Linux allows (64 KiB otherwise)
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,15 @@ class WatchdogConfig:
 class Watchdog:
     """Runs and watches the wrapper of one agent (`vlmd_agent.cli.run_agent` drives it).
 
-    `box` is the watchdog's own outbox; `sampler` measures the wrapper's process tree.
+    `box` is the watchdog's own outbox; `items` the wrapper's (``wrapper.db``), where the
+    events the wrapper reports in its status lines go (`spool_report`); `sampler` measures the
+    wrapper's process tree.
     """
 
-    def __init__(self, cfg: WatchdogConfig, box: Outbox, sampler: Sampler) -> None:
+    def __init__(self, cfg: WatchdogConfig, box: Outbox, sampler: Sampler,
+                 items: Outbox | None = None) -> None:
         self.cfg, self.box, self.sampler = cfg, box, sampler
+        self.items = box if items is None else items
         self.host = socket.gethostname()
         self.shard = {"shard": cfg.wrapper.shard} if cfg.wrapper.shard else {}
         self.proc: trio.Process | None = None
@@ -149,6 +156,8 @@ class Watchdog:
     async def _attempt(self, attempt: int) -> Exit:
         oom_before = self.sampler.sample(None)["ram"]["oom_kills"]
         read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError):  # fewer blocked writes while a poll is due
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         env = {**os.environ, "VLMD_STATUS_FD": str(write_fd), "VLMD_TOKEN": self.cfg.token,
                "VLMD_STACKS": str(Path(self.cfg.wrapper.spool) / "stacks.txt")}
         config = replace(self.cfg.wrapper, attempt=attempt)
@@ -169,10 +178,11 @@ class Watchdog:
         log.info("wrapper pid %d started (attempt %d) for %s on %s", proc.pid, attempt,
                  config.model, config.dataset)
         async with trio.open_nursery() as nursery:
-            reader, stopper = trio.CancelScope(), trio.CancelScope()
-            nursery.start_soon(self._read_status, read_fd, reader)
+            reader, stopper, exited = trio.CancelScope(), trio.CancelScope(), trio.Event()
+            nursery.start_soon(self._read_status, read_fd, reader, exited)
             nursery.start_soon(self._stop_when_asked, proc, stopper)
             returncode = await proc.wait()
+            exited.set()
             self.sampled_pid, self.between = None, "exited"
             self.hang.stop()
             stopper.cancel()
@@ -191,14 +201,9 @@ class Watchdog:
         self.proc = None
         return outcome
 
-    async def _read_status(self, fd: int, scope: trio.CancelScope) -> None:
+    async def _read_status(self, fd: int, scope: trio.CancelScope, exited: trio.Event) -> None:
         with scope:
-            async with trio.lowlevel.FdStream(fd) as stream:
-                pending = b""
-                while chunk := await stream.receive_some():
-                    *lines, pending = (pending + chunk).split(b"\n")
-                    for line in lines:
-                        self._on_status(line)
+            await read_lines(fd, self._on_status, writer_gone=exited)
 
     def _on_status(self, line: bytes) -> None:
         try:
@@ -207,6 +212,9 @@ class Watchdog:
             log.warning("ignoring a bad status line from the wrapper (%s): %r", e, line[:200])
             return
         state = status["state"]
+        spool_report(self.items, self.cfg.wrapper.run, status)
+        if state == "event":
+            return
         if state == "item":
             self.last_item, self.last_item_at = status.get("item"), status.get("t")
         if self.hang.hung:
@@ -306,6 +314,60 @@ class Watchdog:
             self.box.put(wire.envelope(self.cfg.wrapper.run, kind, body))
         except (OSError, sqlite3.Error, ValueError) as e:
             log.error("cannot spool a %s event: %s", kind, e)
+
+
+async def read_lines(fd: int, on_line: Callable[[bytes], None],
+                     poll_s: float = STATUS_POLL_S, writer_gone: trio.Event | None = None) -> None:
+    """Hand each line of the pipe `fd` to `on_line` until its writers are gone; closes `fd`.
+
+    Polled every `poll_s` seconds rather than waited on: a waiting reader is woken by every
+    write, which costs the writer (the model's process, once an item) ~40 µs on a virtual
+    machine (an inter-processor interrupt); a write to a pipe nobody waits on costs it ~3 µs.
+    A line written stays in the pipe for the next poll, even if its writer died since. Once
+    `writer_gone` is set (the wrapper exited), the rest is read at once, not at the next poll.
+    """
+    os.set_blocking(fd, False)
+    pending = b""
+    hurried = False
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, PIPE_BYTES)
+            except BlockingIOError:
+                if writer_gone is None or hurried:
+                    await trio.sleep(poll_s)
+                else:
+                    with trio.move_on_after(poll_s):
+                        await writer_gone.wait()
+                    hurried = writer_gone.is_set()  # then back to polling (another writer?)
+                continue
+            if not chunk:
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                on_line(line)
+            await trio.lowlevel.checkpoint()
+    finally:
+        os.close(fd)
+
+
+def spool_report(items: Outbox, run: str, status: Mapping[str, Any]) -> None:
+    """Spool what a status line of the wrapper reports: the event of an ``item`` line's
+    outcome (scored here: `vlmd_agent.wrapper.scored_event`), or an ``event`` line's envelope.
+    A line that cannot be spooled is logged, never fatal to the watchdog."""
+    try:
+        if status["state"] == "item" and "outcome" in status:
+            event = scored_event(run, status["outcome"])
+        elif status["state"] == "event":
+            event = status["event"]
+        else:
+            return
+        items.put(event)
+    except (OSError, sqlite3.Error) as e:
+        log.error("cannot spool the wrapper's %s event: %s", status["state"], e)
+    except (ValueError, KeyError, TypeError) as e:  # not what `run_item` makes: a bug
+        log.error("the wrapper reported an event that cannot be spooled (%s: %s): %r",
+                  type(e).__name__, e, dict(status))
 
 
 def next_attempt(spool: Path) -> int:
