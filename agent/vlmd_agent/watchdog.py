@@ -155,9 +155,7 @@ class Watchdog:
 
     async def _attempt(self, attempt: int) -> Exit:
         oom_before = self.sampler.sample(None)["ram"]["oom_kills"]
-        read_fd, write_fd = os.pipe()
-        with contextlib.suppress(OSError):  # fewer blocked writes while a poll is due
-            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        read_fd, write_fd = status_pipe()
         env = {**os.environ, "VLMD_STATUS_FD": str(write_fd), "VLMD_TOKEN": self.cfg.token,
                "VLMD_STACKS": str(Path(self.cfg.wrapper.spool) / "stacks.txt")}
         config = replace(self.cfg.wrapper, attempt=attempt)
@@ -314,6 +312,15 @@ class Watchdog:
             self.box.put(wire.envelope(self.cfg.wrapper.run, kind, body))
         except (OSError, sqlite3.Error, ValueError) as e:
             log.error("cannot spool a %s event: %s", kind, e)
+
+
+def status_pipe() -> tuple[int, int]:
+    """A pipe for the wrapper's status lines (read end, write end), with room for `PIPE_BYTES`
+    where Linux allows: the wrapper's writes block only when a poll's worth of lines overflow."""
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return read_fd, write_fd
 
 
 async def read_lines(fd: int, on_line: Callable[[bytes], None],
