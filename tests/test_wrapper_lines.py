@@ -22,7 +22,13 @@ from vlmd_agent import datasets, demo_data, wire
 from vlmd_agent.backends import load_backend
 from vlmd_agent.outbox import Outbox
 from vlmd_agent.watchdog import read_lines, spool_report
-from vlmd_agent.wrapper import Status, WrapperConfig, item_event, run_item, scored_event
+from vlmd_agent.wrapper import (
+    EXIT_ORPHANED,
+    WrapperConfig,
+    item_event,
+    run_item,
+    scored_event,
+)
 
 WRITER = """
 import os, signal, sys
@@ -123,3 +129,15 @@ async def test_lines_are_read_by_polling_and_a_line_cut_across_writes_is_whole()
         os.close(write_fd)  # the end of the pipe ends the reader
     assert [line for line, _ in got] == [b'{"state": "item"}', b'{"state": "done"}']
     assert got[0][1] - written < 0.2 + 0.1  # by the next poll
+
+
+def test_a_wrapper_whose_watchdog_is_gone_exits_at_its_next_item(dataset: Path) -> None:
+    """Nobody would spool what it evaluates: it exits as its lifeline thread makes it."""
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # what the kernel does when the watchdog dies
+    script = WRITER.replace('status.send("ready", total=0, todo=0)\n', "")
+    writer = subprocess.run([sys.executable, "-c", script, str(write_fd), str(dataset)],
+                            pass_fds=(write_fd,), capture_output=True, text=True, timeout=60)
+    os.close(write_fd)
+    assert writer.returncode == EXIT_ORPHANED
+    assert "the watchdog is gone" in writer.stderr and "Traceback" not in writer.stderr

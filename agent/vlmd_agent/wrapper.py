@@ -97,7 +97,8 @@ class Status:
     def item(self, outcome: dict[str, Any]) -> None:
         """An ``item`` line carrying the item's `run_item` outcome, for the watchdog to spool.
 
-        Raises OSError when the watchdog is gone: the outcome would be lost.
+        When the watchdog is gone, the wrapper exits (`EXIT_ORPHANED`), as `_die_with_watchdog`
+        makes it: nobody would spool what it evaluates.
         """
         assert self.fd is not None
         self._write(orjson.dumps({"state": "item", "item": outcome["body"]["item"],
@@ -105,7 +106,8 @@ class Status:
                                  option=orjson.OPT_APPEND_NEWLINE), lost=True)
 
     def event(self, event: dict[str, Any]) -> None:
-        """An ``event`` line carrying an envelope for the watchdog to spool (OSError as `item`)."""
+        """An ``event`` line carrying an envelope for the watchdog to spool (no watchdog: as
+        `item`); ValueError naming the field if it is not a valid envelope."""
         wire_errors = wire.event_errors(event, 0, time.time())
         if wire_errors:
             raise ValueError(f"not a valid event: {wire_errors[0]}")
@@ -118,9 +120,10 @@ class Status:
         try:
             while view:  # a pipe takes it whole unless a signal cuts the write short
                 view = view[os.write(self.fd, view):]  # type: ignore[arg-type]
-        except OSError:
+        except OSError as e:
             if lost:
-                raise
+                log.error("the watchdog is gone (%s): exiting", e)
+                os._exit(EXIT_ORPHANED)
             self.fd = None  # the watchdog is gone; keep evaluating
 
 
