@@ -30,6 +30,12 @@ def encode(events: Sequence[Event]) -> Frame:
     return Frame(events[0].seq, events[-1].seq, dumps_events(events).decode())
 
 
+def _encoded(events: Sequence[Event], wants: Callable[[Event], bool] | None) -> Frame | None:
+    """The frame of the `events` a filter `wants` (all for None); None when it wants none."""
+    chosen = events if wants is None else [e for e in events if wants(e)]
+    return encode(chosen) if chosen else None
+
+
 def kind_filter(kinds: Iterable[str] | None) -> Callable[[str], bool] | None:
     """A test of event kinds against `kinds` (exact, or ``prefix.*``) as `EventLog.read`
     applies them; None (everything) for None."""
@@ -61,6 +67,10 @@ class Subscription:
             lambda e: (run is None or e.run == run) and (of_kind is None or of_kind(e.kind)))
 
 
+Frames = dict[tuple[str | None, frozenset[str] | None], Frame | None]
+"""The frames of one publish, by subscriber filter (run, kinds); None where nothing matches."""
+
+
 @dataclass
 class Feed:
     """The broadcaster. `buffer` is how many frames a subscriber may fall behind."""
@@ -86,18 +96,29 @@ class Feed:
         self.subscribers.discard(sub)
         sub.send.close()
 
-    def publish(self, events: Sequence[Event]) -> None:
-        """Send committed events (in seq order) to every subscriber; drop those that lag."""
+    def encode(self, events: Sequence[Event]) -> Frames:
+        """The frames `publish` would send for `events`, one per distinct filter (run, kinds)
+        of the current subscribers; for `publish(events, frames)` later (the ingest path
+        encodes while the COMMIT's fsync runs). A filter that comes later is encoded then."""
+        frames: Frames = {}
+        for sub in self.subscribers:
+            key = (sub.run, sub.kinds)
+            if key not in frames:
+                frames[key] = _encoded(events, sub.wants)
+        return frames
+
+    def publish(self, events: Sequence[Event], frames: Frames | None = None) -> None:
+        """Send committed events (in seq order) to every subscriber; drop those that lag.
+        `frames`: what `encode(events)` returned, if it was called (it is filled in here)."""
         if not events or not self.subscribers:
             return
         self.published += len(events)
-        frames: dict[tuple[str | None, frozenset[str] | None], Frame | None] = {}
+        if frames is None:
+            frames = {}
         for sub in list(self.subscribers):
             key = (sub.run, sub.kinds)
             if key not in frames:
-                wants = sub.wants
-                chosen = events if wants is None else [e for e in events if wants(e)]
-                frames[key] = encode(chosen) if chosen else None
+                frames[key] = _encoded(events, sub.wants)
             frame = frames[key]
             if frame is None:
                 continue

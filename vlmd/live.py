@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import outcome
 import trio
 
-from vlmd.feed import Feed, Subscription
+from vlmd.feed import Feed, Frames, Subscription
 from vlmd.liveness import Liveness
-from vlmd.log import Appended, Event, EventLog
+from vlmd.log import Appended, Event, EventLog, Written
 from vlmd.metrics import Histogram, LatestGpus
 from vlmd.projections import tracker
 
@@ -59,6 +60,45 @@ def _frames(results: Sequence[Appended]) -> list[list[Event]]:
         else:
             frames.append(list(done.events))
     return frames
+
+
+_Ahead = tuple[list[Event], list[str], tracker.Outcomes, list[tuple[list[Event], Frames | None]]]
+
+
+class _Write:
+    """`EventLog.write` of one group in a worker thread, started at once. `written` is set
+    when the rows are in the transaction (`pending` holds them) and the COMMIT begins, or
+    when the write ended before that; `finished` when it ended (`outcome` holds its result).
+
+    Not `trio.to_thread.run_sync`: that returns only at the end, and it checkpoints before
+    it starts the thread. Here the trio thread works while the COMMIT's fsync runs.
+    """
+
+    def __init__(self, log: EventLog, batches: list[Sequence[dict[str, Any]]],
+                 received: float) -> None:
+        self.written, self.finished = trio.Event(), trio.Event()
+        self.pending: Written | None = None
+        self.outcome: outcome.Outcome[Written] | None = None
+        token = trio.lowlevel.current_trio_token()
+
+        def before_commit(pending: Written) -> None:
+            token.run_sync_soon(self._written, pending)
+
+        def deliver(result: outcome.Outcome[Written]) -> None:
+            token.run_sync_soon(self._finished, result)
+
+        trio.lowlevel.start_thread_soon(
+            lambda: log.write(batches, received, before_commit), deliver,
+            name="vlmd writer")
+
+    def _written(self, pending: Written) -> None:
+        self.pending = pending
+        self.written.set()
+
+    def _finished(self, result: outcome.Outcome[Written]) -> None:
+        self.outcome = result
+        self.written.set()
+        self.finished.set()
 
 
 @dataclass(eq=False)
@@ -128,12 +168,23 @@ class Live:
         return mine.done
 
     async def _commit(self) -> None:
-        """Commit, fold and publish every waiting batch; called with the lock held."""
+        """Commit, fold and publish every waiting batch; called with the lock held.
+
+        The writer thread tells us the batch's seqs before its COMMIT: the Event tuples and
+        the feed frames are built here while the COMMIT's fsync runs (it releases the GIL);
+        the fold, the counters and the publish wait for the COMMIT to succeed.
+        """
         group, self._waiting = self._waiting, []
         received, began = time.time(), time.perf_counter()
+        write = _Write(self.log, [w.events for w in group], received)
+        await write.written.wait()
+        ahead: _Ahead | None = None
+        if write.pending is not None and write.outcome is None:  # the COMMIT runs now
+            ahead = self._prepare(write.pending.appended())
+        await write.finished.wait()
+        assert write.outcome is not None
         try:
-            results = await trio.to_thread.run_sync(
-                self.log.append_many, [w.events for w in group], received)
+            results = write.outcome.unwrap().appended()
         except sqlite3.OperationalError as e:
             message, status = _describe(e, self.log.path)
             if self.write_error is None:
@@ -149,21 +200,31 @@ class Live:
         if self.write_error is not None:
             log.warning("writes work again (the log is at seq %d)", results[-1].last_seq)
             self.write_error = None
-        stored = [event for done in results for event in done.events]  # in seq order
-        tracker.apply_many(self.tracker, stored)
-        kinds = [event.kind for event in stored]
+        stored, kinds, found, frames = self._prepare(results) if ahead is None else ahead
+        tracker.apply_many(self.tracker, stored, found)
         self.appended_by_kind.update(kinds)
         if "watchdog.sample" in kinds:
             for event in stored:
                 self.gpus.apply(event)  # samples only
         if self.liveness is not None:
             self.liveness.observe(stored, trio.current_time())
-        for frame in _frames(results):
-            self.feed.publish(frame)
+        for events, encoded in frames:
+            self.feed.publish(events, encoded)
         took = time.perf_counter() - began
         for w, done in zip(group, results, strict=True):
             w.done = done
             self.ingest_latency.observe(took)
+
+    def _prepare(self, results: list[Appended]) -> _Ahead:
+        """What `_commit` needs of a group's results, built without changing any state: the
+        stored events in seq order, their kinds, what the fold will store for their items,
+        and the feed frames (encoded for the current subscribers)."""
+        stored = [event for done in results for event in done.events]  # in seq order
+        kinds = [event.kind for event in stored]
+        feed = self.feed
+        frames = [(events, feed.encode(events) if feed.subscribers else None)
+                  for events in _frames(results)]
+        return stored, kinds, tracker.outcomes(stored), frames
 
     def subscribe(self, run: str | None, kinds: Sequence[str] | None = None) -> Subscription:
         """A feed subscription that starts right after `head` (read the backlog up to there)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -62,6 +62,53 @@ class Appended:
     events: list[Event]
     duplicates: int
     last_seq: int
+
+
+class Written:
+    """What `EventLog.write` put in its transaction: the rows, their seqs and the answers
+    (`appended`), which can be worked out while the COMMIT runs (see `EventLog.write`)."""
+
+    __slots__ = ("_appended", "_batches", "_first", "_picks", "_rows", "_seqs", "last_seq")
+
+    def __init__(self, batches: Sequence[Sequence[dict[str, Any]]],
+                 rows: list[tuple[str, str, str, float, float, str]],
+                 picks: list[list[tuple[dict[str, Any], int]]] | None, first: int,
+                 seqs: list[int | None] | None, last_seq: int) -> None:
+        self._batches, self._rows, self._picks = batches, rows, picks
+        self._first, self._seqs, self.last_seq = first, seqs, last_seq
+        self._appended: list[Appended] | None = None
+
+    def appended(self) -> list[Appended]:
+        """One `Appended` per batch, in order (built once; it touches no shared state)."""
+        if self._appended is not None:
+            return self._appended
+        new = tuple.__new__  # Event(...) without the keyword-capable __new__: ~2x faster
+        rows, seqs, last, done = self._rows, self._seqs, self.last_seq, []
+        if self._picks is None and seqs is None:  # the common case: every row stored, in order
+            start = 0
+            for events in self._batches:
+                end = start + len(events)
+                kept = [new(Event, (q, k, r, c, ts, rc, e["body"], b))
+                        for q, (k, r, c, ts, rc, b), e
+                        in zip(range(self._first + start, self._first + end),
+                               rows[start:end], events, strict=True)]
+                done.append(Appended(kept, 0, last))
+                start = end
+        else:
+            picks = self._picks
+            if picks is None:
+                picks, start = [], 0
+                for events in self._batches:
+                    picks.append([(e, start + j) for j, e in enumerate(events)])
+                    start += len(events)
+            if seqs is None:
+                seqs = list(range(self._first, self._first + len(rows)))
+            for events, mine in zip(self._batches, picks, strict=True):
+                kept = [new(Event, (q, *rows[i][:5], e["body"], rows[i][5])) for e, i in mine
+                        if (q := seqs[i]) is not None]
+                done.append(Appended(kept, len(events) - len(kept), last))
+        self._appended = done
+        return done
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -129,18 +176,35 @@ class EventLog:
         Each batch gets its own `Appended`; a key that an earlier batch of the group carries
         is a duplicate in the later one, as if the batches had been appended one by one.
         """
-        seen: set[str] = set()
-        rows: list[tuple[str, str, str, float, float, str]] = []
-        firsts: list[list[tuple[dict[str, Any], int]]] = []  # per batch: (event, row index)
-        for events in batches:
-            mine = []
-            for e in events:
-                if e["key"] not in seen:
-                    seen.add(e["key"])
-                    mine.append((e, len(rows)))
-                    rows.append((e["key"], e["run"], e["kind"], float(e["ts"]), received,
-                                 orjson.dumps(e["body"]).decode()))
-            firsts.append(mine)
+        return self.write(batches, received).appended()
+
+    def write(self, batches: Sequence[Sequence[dict[str, Any]]], received: float,
+              before_commit: Callable[[Written], object] | None = None) -> Written:
+        """`append_many`, returning the `Written` its answer comes from.
+
+        `before_commit` is called (in this thread) once the rows are in the transaction and
+        their seqs known, just before the COMMIT: a caller can start work that needs the
+        seqs (`Written.appended`) while the COMMIT's fsync runs, but must not act on it
+        (fold, publish) before `write` returns: the COMMIT may still fail, and then nothing
+        was appended. If `before_commit` raises, the transaction is rolled back.
+        """
+        dumps = orjson.dumps
+        rows = [(e["key"], e["run"], e["kind"], float(e["ts"]), received,
+                 dumps(e["body"]).decode()) for events in batches for e in events]
+        picks: list[list[tuple[dict[str, Any], int]]] | None = None  # None: every row, in order
+        if len({row[0] for row in rows}) != len(rows):  # a later batch repeats a key
+            seen: set[str] = set()
+            unique: list[tuple[str, str, str, float, float, str]] = []
+            picks, all_rows = [], iter(rows)
+            for events in batches:
+                mine = []
+                for e, row in zip(events, all_rows, strict=False):  # events first
+                    if row[0] not in seen:
+                        seen.add(row[0])
+                        mine.append((e, len(unique)))
+                        unique.append(row)
+                picks.append(mine)
+            rows = unique
         with self._lock:
             conn = self._conn
             first = self._last_seq + 1
@@ -150,26 +214,24 @@ class EventLog:
                 conn.executemany("INSERT INTO events (key, run, kind, ts, received, body)"
                                  " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING", rows)
                 stored = conn.total_changes - before
-                if stored == len(rows):
-                    seqs: list[int | None] = list(range(first, first + stored))
-                else:
+                seqs: list[int | None] | None = None  # None: first, first + 1, ... for every row
+                if stored != len(rows):
                     by_key = dict(conn.execute("SELECT key, seq FROM events WHERE seq >= ?",
                                                (first,)).fetchall())
                     seqs = [by_key.get(r[0]) for r in rows]
+                    last = max(by_key.values(), default=self._last_seq)
+                else:
+                    last = first + stored - 1 if stored else self._last_seq
+                written = Written(batches, rows, picks, first, seqs, last)
+                if before_commit is not None:
+                    before_commit(written)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            self._last_seq = max((q for q in seqs if q is not None), default=self._last_seq)
-            last = self._last_seq
-        done = []
-        new = tuple.__new__  # Event(...) without the keyword-capable __new__: ~2x faster
-        for events, mine in zip(batches, firsts, strict=True):
-            kept = [new(Event, (q, *rows[i][:5], e["body"], rows[i][5])) for e, i in mine
-                    if (q := seqs[i]) is not None]
-            done.append(Appended(kept, len(events) - len(kept), last))
-        return done
+            self._last_seq = last
+        return written
 
     def read(self, *, after: int = 0, run: str | None = None, kinds: Iterable[str] | None = None,
              limit: int | None = None, until: int | None = None) -> Iterator[Event]:

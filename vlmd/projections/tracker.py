@@ -241,25 +241,89 @@ def apply(tracker: Tracker, event: Event) -> Tracker:
     return tracker
 
 
-def apply_many(tracker: Tracker, events: Sequence[Event]) -> Tracker:
-    """`apply` each of `events` in order (what ingest calls per batch): the same result, with
-    the common case (a run's items) handled inline."""
-    runs = tracker.runs
-    state: RunState | None = None
+Outcomes = list[tuple[str, ItemResult] | None]
+"""Per event of a batch: an item event's item id and `ItemResult`, None for other kinds."""
+
+
+def outcomes(events: Sequence[Event]) -> Outcomes:
+    """What `apply_many` would store for each item event of `events`, worked out without
+    touching any state (ingest does it while the COMMIT's fsync runs)."""
+    new = tuple.__new__
+    found: Outcomes = []
+    add = found.append
     for event in events:
-        kind = event.kind
-        if kind != "item.completed" and kind != "item.failed":
+        kind = event[3]
+        if kind == "item.completed":
+            ok = True
+        elif kind == "item.failed":
+            ok = False
+        else:
+            add(None)
+            continue
+        body = event[6]
+        item = body["item"]
+        get = body.get
+        add((item if type(item) is str else str(item), new(ItemResult, (  # no slow __new__
+            ok, get("score"), get("ttft_ms"), get("tpot_ms"), get("e2e_ms"),
+            get("vram_peak_delta_mb")))))
+    return found
+
+
+def apply_many(tracker: Tracker, events: Sequence[Event], found: Outcomes | None = None
+               ) -> Tracker:
+    """`apply` each of `events` in order (what ingest calls per batch): the same result, with
+    the common case (a run's items) inline, from `found` (`outcomes(events)`, computed here
+    unless given); the fields every item event sets (stalled, last_event_at, last_seq) are
+    set once per stretch of one run's items."""
+    if found is None:
+        found = outcomes(events)
+    runs = tracker.runs
+    state: RunState | None = None  # the run of the current stretch of item events
+    items: dict[str, ItemResult] = {}
+    recent: deque[float] = deque()
+    last: Event | None = None  # the last item event of the stretch
+    for event, outcome in zip(events, found, strict=True):
+        if outcome is None:
+            if last is not None:
+                _items_seen(tracker, state, last)  # type: ignore[arg-type]
+                last = None
             apply(tracker, event)
             state = None
             continue
-        if state is None or state.run != event.run:
-            state = runs.get(event.run)
+        run = event[2]
+        if state is None or state.run != run:
+            if last is not None:
+                _items_seen(tracker, state, last)  # type: ignore[arg-type]
+            state = runs.get(run)
             if state is None:
-                state = runs[event.run] = RunState(event.run)
-        _item(state, event, tracker)
-        state.last_event_at = event.ts
-        state.last_seq = tracker.last_seq = event.seq
+                state = runs[run] = RunState(run)
+            items, recent = state.items, state.recent
+        last = event
+        item, result = outcome
+        recent.append(event[4])
+        old = items.get(item)
+        if old is None:
+            if result[0]:
+                state.done += 1
+            else:
+                state.failed += 1
+        elif old[0]:
+            if not result[0]:
+                continue  # a completed item stays completed; a later failure does not undo it
+        elif result[0]:  # a failed item retried and completed
+            state.done += 1
+            state.failed -= 1
+        items[item] = result
+    if last is not None:
+        _items_seen(tracker, state, last)  # type: ignore[arg-type]
     return tracker
+
+
+def _items_seen(tracker: Tracker, state: RunState, last: Event) -> None:
+    """What every item event of a stretch sets, as its `last` one leaves it."""
+    state.stalled = False
+    state.last_event_at = last.ts
+    state.last_seq = tracker.last_seq = last.seq
 
 
 def fold(events: Iterable[Event], tracker: Tracker | None = None) -> Tracker:
