@@ -414,3 +414,37 @@ def free_port() -> int:
     """A port nothing listens on (the kernel just handed it out)."""
     with socket.create_server(("127.0.0.1", 0)) as s:
         return int(s.getsockname()[1])
+
+
+FULL_SPOOL = """
+import errno, os
+from vlmd_agent import putlog
+_append, _puts = putlog.PutLog.append, {"n": 0}
+def append(self, events, queued):
+    if self.path.name == "wrapper.db.puts":
+        _puts["n"] += 1
+        if _puts["n"] > int(os.environ["VLMD_TEST_SPOOL_PUTS"]):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    return _append(self, events, queued)
+putlog.PutLog.append = append
+"""
+
+
+async def test_when_the_wrapper_spool_cannot_write_the_wrapper_is_stopped_and_the_run_fails(
+        daemon: Daemon, agents: Agents, tmp_path: Path) -> None:
+    """No item is evaluated into the void: the watchdog stops the wrapper at the first event it
+    cannot spool (its disk full, here a put log that says ENOSPC after 6 puts)."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FULL_SPOOL)
+    agent = await agents.start(daemon, "r-full", "--model", "demo:instant:50", env={
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path]),
+        "VLMD_TEST_SPOOL_PUTS": "6"})  # run.started and 5 items
+    assert await finished(agent) == 1
+    [failed] = await wait_events(daemon, "r-full", "run.failed")
+    assert "cannot spool the wrapper's events" in failed["body"]["reason"]
+    assert "No space left on device" in failed["body"]["reason"]
+    log = agents.log("r-full")
+    assert log.count("stopping the wrapper") == 1
+    assert "wrapper pid" in log and log.count("started (attempt") == 1  # not restarted
+    state = await run_state(daemon, "r-full")
+    assert (state["status"], state["done"]) == ("failed", 5)

@@ -98,6 +98,7 @@ class Watchdog:
         self.vram, self.ram = HighWater(cfg.vram_high), HighWater(cfg.ram_high)
         self.stopping: int | None = None  # the signal that asked this agent to stop
         self.killed: str | None = None  # why this watchdog SIGKILLed the wrapper, if it did
+        self.spool_error: str | None = None  # why the wrapper's events cannot be spooled
         self._stop_asked, self._kill_now = trio.Event(), trio.Event()
         self.ended = False  # no wrapper will run any more
 
@@ -130,6 +131,8 @@ class Watchdog:
     async def _supervise(self) -> int:
         while self.stopping is None:
             outcome = await self._attempt(next_attempt(Path(self.cfg.wrapper.spool)))
+            if self.spool_error is not None:
+                return self._fail(self.spool_error)
             if self.stopping is not None:
                 return EXIT_FINISHED if self.state == "done" else 128 + self.stopping
             if self.killed is not None:
@@ -210,7 +213,8 @@ class Watchdog:
             log.warning("ignoring a bad status line from the wrapper (%s): %r", e, line[:200])
             return
         state = status["state"]
-        spool_report(self.items, self.cfg.wrapper.run, status)
+        if (trouble := spool_report(self.items, self.cfg.wrapper.run, status)) is not None:
+            self._cannot_spool(trouble)
         if state == "event":
             return
         if state == "item":
@@ -224,6 +228,15 @@ class Watchdog:
         elif state == "failed":
             log.error("wrapper failed: %s", status.get("reason"))
         self.hang.reset(trio.current_time(), self.state)
+
+    def _cannot_spool(self, trouble: str) -> None:
+        """The wrapper's events can no longer be spooled: stop it rather than let it evaluate
+        items whose answers would be lost; the run fails with `trouble` as the reason (the
+        items it did not spool are evaluated again when the run is resumed)."""
+        if self.spool_error is None:
+            log.error("%s; stopping the wrapper", trouble)
+            self.spool_error = trouble
+            self.stop(signal.SIGTERM)
 
     async def _stop_when_asked(self, proc: trio.Process, scope: trio.CancelScope) -> None:
         with scope:
@@ -358,23 +371,27 @@ async def read_lines(fd: int, on_line: Callable[[bytes], None],
         os.close(fd)
 
 
-def spool_report(items: Outbox, run: str, status: Mapping[str, Any]) -> None:
+def spool_report(items: Outbox, run: str, status: Mapping[str, Any]) -> str | None:
     """Spool what a status line of the wrapper reports: the event of an ``item`` line's
     outcome (scored here: `vlmd_agent.wrapper.scored_event`), or an ``event`` line's envelope.
-    A line that cannot be spooled is logged, never fatal to the watchdog."""
+
+    Never raises: a line that is not a valid report is logged; when the spool cannot write
+    (its disk is full or failing) the answer says why, and the event is not spooled.
+    """
     try:
         if status["state"] == "item" and "outcome" in status:
             event = scored_event(run, status["outcome"])
         elif status["state"] == "event":
             event = status["event"]
         else:
-            return
+            return None
         items.put(event)
     except (OSError, sqlite3.Error) as e:
-        log.error("cannot spool the wrapper's %s event: %s", status["state"], e)
+        return f"cannot spool the wrapper's events in {items.path} ({e})"
     except (ValueError, KeyError, TypeError) as e:  # not what `run_item` makes: a bug
         log.error("the wrapper reported an event that cannot be spooled (%s: %s): %r",
                   type(e).__name__, e, dict(status))
+    return None
 
 
 def next_attempt(spool: Path) -> int:
