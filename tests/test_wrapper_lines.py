@@ -141,3 +141,24 @@ def test_a_wrapper_whose_watchdog_is_gone_exits_at_its_next_item(dataset: Path) 
     os.close(write_fd)
     assert writer.returncode == EXIT_ORPHANED
     assert "the watchdog is gone" in writer.stderr and "Traceback" not in writer.stderr
+
+
+async def test_a_backlog_of_lines_leaves_the_watchdogs_other_tasks_turns() -> None:
+    """A fast model's backlog (here 1,000 lines at once) is handled in turns, so sampling and
+    heartbeats are not held up while it is spooled."""
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b'{"state": "item"}\n' * 1000)
+    os.close(write_fd)
+    got: list[bytes] = []
+    seen: list[int] = []
+
+    async def other_task() -> None:
+        while len(got) < 1000:
+            seen.append(len(got))
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        nursery.start_soon(read_lines, read_fd, got.append, 0.01)
+    assert len(got) == 1000
+    assert any(0 < n < 1000 for n in seen)  # it ran between lines, not only before and after
