@@ -154,39 +154,28 @@ def _started(s: RunState, e: Event, t: Tracker) -> None:
 
 
 def _item(s: RunState, e: Event, t: Tracker) -> None:
+    b = e.body
+    ok = e.kind == "item.completed"
+    item = b["item"]
+    if type(item) is not str:
+        item = str(item)
+    old = s.items.get(item)
     s.recent.append(e.ts)
     s.stalled = False
-    item, result = _outcome(e)
-    _record(s.items, s, item, result)
-
-
-def _outcome(e: Event) -> tuple[str, ItemResult]:
-    """An item event's item id and the `ItemResult` it stores."""
-    b = e[6]
-    item = b["item"]
-    get = b.get
-    return item if type(item) is str else str(item), tuple.__new__(ItemResult, (  # no slow
-        e[3] == "item.completed", get("score"), get("ttft_ms"), get("tpot_ms"),  # __new__
-        get("e2e_ms"), get("vram_peak_delta_mb")))
-
-
-def _record(items: dict[str, ItemResult], s: RunState, item: str, result: ItemResult) -> None:
-    """Store an item's result in its run's `items` and counts: a completed item stays
-    completed (a later failure of a retry does not undo it); a failed one retried and
-    completed moves from failed to done."""
-    old = items.get(item)
     if old is None:
-        if result[0]:
+        if ok:
             s.done += 1
         else:
             s.failed += 1
-    elif old[0]:
-        if not result[0]:
-            return
-    elif result[0]:
+    elif old.ok and not ok:
+        return  # a completed item stays completed; a later failure of a retry does not undo it
+    elif old.ok != ok:  # a failed item retried and completed
         s.done += 1
         s.failed -= 1
-    items[item] = result
+    get = b.get
+    s.items[item] = tuple.__new__(ItemResult, (  # ItemResult(...), without its slow __new__
+        ok, get("score"), get("ttft_ms"), get("tpot_ms"), get("e2e_ms"),
+        get("vram_peak_delta_mb")))
 
 
 def _heartbeat(s: RunState, e: Event, t: Tracker) -> None:
@@ -252,7 +241,6 @@ def apply(tracker: Tracker, event: Event) -> Tracker:
     return tracker
 
 
-ITEM_KINDS = frozenset({"item.completed", "item.failed"})
 Outcomes = list[tuple[str, ItemResult] | None]
 """Per event of a batch: an item event's item id and `ItemResult`, None for other kinds."""
 
@@ -260,7 +248,25 @@ Outcomes = list[tuple[str, ItemResult] | None]
 def outcomes(events: Sequence[Event]) -> Outcomes:
     """What `apply_many` would store for each item event of `events`, worked out without
     touching any state (ingest does it while the COMMIT's fsync runs)."""
-    return [_outcome(e) if e[3] in ITEM_KINDS else None for e in events]
+    new = tuple.__new__
+    found: Outcomes = []
+    add = found.append
+    for event in events:
+        kind = event[3]
+        if kind == "item.completed":
+            ok = True
+        elif kind == "item.failed":
+            ok = False
+        else:
+            add(None)
+            continue
+        body = event[6]
+        item = body["item"]
+        get = body.get
+        add((item if type(item) is str else str(item), new(ItemResult, (  # no slow __new__
+            ok, get("score"), get("ttft_ms"), get("tpot_ms"), get("e2e_ms"),
+            get("vram_peak_delta_mb")))))
+    return found
 
 
 def apply_many(tracker: Tracker, events: Sequence[Event], found: Outcomes | None = None
@@ -293,8 +299,21 @@ def apply_many(tracker: Tracker, events: Sequence[Event], found: Outcomes | None
                 state = runs[run] = RunState(run)
             items, recent = state.items, state.recent
         last = event
+        item, result = outcome
         recent.append(event[4])
-        _record(items, state, *outcome)
+        old = items.get(item)
+        if old is None:
+            if result[0]:
+                state.done += 1
+            else:
+                state.failed += 1
+        elif old[0]:
+            if not result[0]:
+                continue  # a completed item stays completed; a later failure does not undo it
+        elif result[0]:  # a failed item retried and completed
+            state.done += 1
+            state.failed -= 1
+        items[item] = result
     if last is not None:
         _items_seen(tracker, state, last)  # type: ignore[arg-type]
     return tracker
