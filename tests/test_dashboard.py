@@ -123,6 +123,10 @@ def shot(page: Page, name: str) -> None:
 def test_runs_page_moves_with_posted_events_without_reload(shared: DaemonProcess,
                                                            page: Page) -> None:
     post(shared, begin("live-a", 20))
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    handshakes: list[dict[str, Any]] = []
+    cdp.on("Network.webSocketHandshakeResponseReceived", lambda e: handshakes.append(e))
     page.goto(f"{shared.url}/")
     expect(page.locator("#conn-status")).to_have_text("live")
     a = row(page, "live-a")
@@ -153,6 +157,10 @@ def test_runs_page_moves_with_posted_events_without_reload(shared: DaemonProcess
             assert run[field] == theirs[field], (field, run, theirs)
         for field in ("rate", "eta_s", "accuracy"):
             assert run[field] == pytest.approx(theirs[field]), (field, run, theirs)
+    # Chromium offered permessage-deflate: the feed came compressed, once for all its clients
+    extensions = {k.lower(): v for h in handshakes
+                  for k, v in h["response"]["headers"].items()}["sec-websocket-extensions"]
+    assert "permessage-deflate" in extensions and "server_no_context_takeover" in extensions
     shot(page, "runs")
 
 

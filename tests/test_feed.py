@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
+from wsproto.extensions import PerMessageDeflate
 
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, submitted
@@ -42,6 +44,28 @@ async def test_backlog_then_live_events_in_order(daemon: Daemon) -> None:
     assert [e["seq"] for e in live] == [3, 4]
     assert live[0]["body"]["item"] == "2"
     assert live[0]["received"] >= live[0]["ts"] - 1e9
+
+
+async def test_clients_with_and_without_deflate_get_the_same_frames(daemon: Daemon) -> None:
+    offers: list[PerMessageDeflate | bool] = [
+        False, True, PerMessageDeflate(server_max_window_bits=9)]
+    answers = [f"answer {i} " * (i % 7) for i in range(400)]
+    async with httpx.AsyncClient(base_url=daemon.url, headers=AUTH) as c, \
+            AsyncExitStack() as stack:
+        await c.post("/api/events", json=[submitted("r1")] + [
+            completed("r1", i, answer=answers[i]) for i in range(200)])
+        clients = [await stack.enter_async_context(open_ws(ws_url(daemon, after=0), deflate=o))
+                   for o in offers]
+        with trio.fail_after(10):
+            while len(daemon.live.feed.subscribers) < 3:
+                await trio.sleep(0.01)
+        assert sorted(s.deflate for s in daemon.live.feed.subscribers) == [0, 9, 15]
+        await c.post("/api/events", json=[
+            completed("r1", i, answer=answers[i]) for i in range(200, 400)])
+        got = [await frames(ws, 401) for ws in clients]
+    assert got[0] == got[1] == got[2]
+    assert [e["seq"] for e in got[0]] == list(range(1, 402))
+    assert [e["body"]["answer"] for e in got[0][1:]] == answers
 
 
 async def test_without_after_only_new_events_arrive_and_run_filters(daemon: Daemon) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 import trio
 
 from tests.events import completed, failed, started, submitted
+from vlmd import wsframes
 from vlmd.feed import Feed, Frames, Subscription
 from vlmd.live import Live, WriteRefused
 from vlmd.log import Event, EventLog
@@ -163,3 +165,36 @@ async def test_a_write_that_fails_before_its_commit_refuses_the_batch(tmp_path: 
     assert live.log.count() == 1 and live.head == 1
     assert live.tracker == tracker.fold(live.log.read())
     assert (await live.append([completed("r1", 2)])).last_seq == 2
+
+
+async def test_frames_of_deflating_subscribers_are_compressed_in_a_thread_before_publish(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    live = Live(EventLog.open(tmp_path / "v.db"), Feed())
+    await live.append([submitted("r1"), started("r1")])
+    plain = live.subscribe(None)
+    builds: list[tuple[bool, list[tuple[int, int]]]] = []
+    build = wsframes.build
+
+    def spy_build(wanted: list[tuple[wsframes.FrameText, int]]) -> None:
+        builds.append((threading.current_thread() is threading.main_thread(),
+                       [(len(text), bits) for text, bits in wanted]))
+        build(wanted)
+    monkeypatch.setattr(wsframes, "build", spy_build)
+    await live.append([completed("r1", 1)])
+    assert builds == []  # nobody deflates: nothing to build ahead
+    assert plain.receive.receive_nowait().text.wire == {}  # the plain frame is built at send
+
+    browsers = [live.subscribe(None, None, 15), live.subscribe(None, None, 15)]
+    small = live.subscribe("r1", None, 10)
+    await live.append([completed("r1", i) for i in range(2, 300)])
+    frame = plain.receive.receive_nowait()
+    assert all(b.receive.receive_nowait() is frame for b in browsers)
+    small_frame = small.receive.receive_nowait()
+    assert len(builds) == 1 and builds[0][0] is False  # one build, not on the trio thread
+    assert sorted(builds[0][1]) == sorted([(len(frame.text), 15), (len(small_frame.text), 10)])
+    assert set(frame.text.wire) == {15} and set(small_frame.text.wire) == {10}  # once each
+    wire = frame.text.wire[15]
+    assert wire[:2] == bytes([0x80 | 0x40 | 0x1, 126])  # FIN, RSV1, TEXT; a 16-bit length
+    payload = wire[4:]
+    assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == \
+        frame.text.encode()

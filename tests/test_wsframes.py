@@ -1,12 +1,21 @@
-"""vlmd.wsframes: the feed's WebSocket frames, serialised once, byte for byte as wsproto's."""
+"""vlmd.wsframes: the feed's WebSocket frames, built once for every connection; plain frames
+byte for byte as wsproto's, compressed ones readable by wsproto's own client."""
 
 from __future__ import annotations
 
+import random
+import zlib
+
+import orjson
 import pytest
+from hypercorn.protocol import ws_stream
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
 from vlmd import wsframes
+from vlmd.wsframes import PLAIN, FrameText
 
 SIZES = [0, 1, 125, 126, 127, 65_535, 65_536, 318_000]
 
@@ -16,12 +25,47 @@ def wsproto_frame(payload: str | bytes, *, client: bool = False, fin: bool = Tru
     return bytes(wsframes._original(FrameProtocol(client=client, extensions=[]), payload, fin))
 
 
+def feed_text(n: int, seed: int = 1) -> FrameText:
+    """A feed-like JSON array of `n` item events with varied values, as a FrameText."""
+    rng = random.Random(seed)
+    return FrameText.of(orjson.dumps([
+        {"seq": i, "key": f"r/item/{i}/ok", "run": "r", "kind": "item.completed",
+         "ts": 1.7e9 + rng.random(), "body": {"item": f"q{i}", "answer": rng.choice("ABCD"),
+                                              "ttft_ms": rng.random() * 50}}
+        for i in range(n)]))
+
+
+def connected(offer: PerMessageDeflate | None) -> tuple[WSConnection, WSConnection]:
+    """A server and a client connection after a real wsproto handshake in memory, the server
+    accepting what hypercorn accepts (its `Handshake` with `install`'s SharedDeflate)."""
+    wsframes.install()
+    client = WSConnection(ConnectionType.CLIENT)
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="h", target="/api/feed",
+                                            extensions=[offer] if offer else [])))
+    request = next(server.events())
+    assert isinstance(request, Request)
+    client.receive_data(server.send(AcceptConnection(extensions=[wsframes.SharedDeflate()])))
+    assert isinstance(next(client.events()), AcceptConnection)
+    return server, client
+
+
+def received(client: WSConnection, data: bytes) -> str:
+    client.receive_data(data)
+    message = next(client.events())
+    assert isinstance(message, TextMessage) and message.message_finished
+    return message.data
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_text_frames_are_wsprotos(size: int) -> None:
     text = ("é" + "x" * size)[:size]  # non-ASCII: the length field counts UTF-8 bytes
     ours = wsframes.send_data(FrameProtocol(client=False, extensions=[]), text)
     assert type(ours) is bytes
     assert ours == wsproto_frame(text)
+    framed = wsframes.send_data(FrameProtocol(client=False, extensions=[]),
+                                FrameText.of(text.encode()))
+    assert framed == wsproto_frame(text)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -33,16 +77,64 @@ def test_binary_frames_are_wsprotos(size: int) -> None:
         assert ours == wsproto_frame(data)
 
 
-def test_the_same_text_is_serialised_once_for_every_connection() -> None:
-    text = '[{"seq": 1}]' * 1000
+def test_a_frame_text_is_built_once_for_every_connection() -> None:
+    text = feed_text(300)
     first = wsframes.send_data(FrameProtocol(client=False, extensions=[]), text)
     again = wsframes.send_data(FrameProtocol(client=False, extensions=[]), text)
-    assert again is first
-    equal_but_new = "".join([text[:10], text[10:]])  # another str object, equal text
+    assert again is first and text.wire == {PLAIN: first}
+    equal_but_new = FrameText.of(text.encode())  # another frame, equal text: built anew
     other = wsframes.send_data(FrameProtocol(client=False, extensions=[]), equal_but_new)
     assert other == first and other is not first
-    different = wsframes.send_data(FrameProtocol(client=False, extensions=[]), text + " ")
-    assert different == wsproto_frame(text + " ")
+
+
+@pytest.mark.parametrize("offer", [
+    PerMessageDeflate(),  # wsproto's offer: both windows at 15
+    PerMessageDeflate(server_max_window_bits=9),  # the smallest window a server may use
+    PerMessageDeflate(client_no_context_takeover=True, server_max_window_bits=12)])
+def test_deflated_frames_are_shared_and_read_by_wsprotos_client(
+        offer: PerMessageDeflate) -> None:
+    texts = [feed_text(2000, seed=1), feed_text(5, seed=2), FrameText.of(b""), feed_text(2000)]
+    connections = [connected(PerMessageDeflate(**vars_of(offer))) for _ in range(3)]
+    for text in texts:
+        sent = [server.send(TextMessage(data=text)) for server, _ in connections]
+        assert all(s is sent[0] for s in sent)  # compressed once, for every connection
+        assert sent[0][0] == 0x80 | 0x40 | 0x1  # FIN, RSV1 (compressed), TEXT
+        for (_, client), data in zip(connections, sent, strict=True):
+            assert received(client, data) == text  # each message inflates on its own
+    bits = offer.server_max_window_bits
+    assert set(texts[0].wire) == {bits}
+    assert len(texts[0].wire[bits]) < len(texts[0].encode()) / 4
+
+
+def vars_of(offer: PerMessageDeflate) -> dict[str, object]:
+    return {"client_no_context_takeover": offer.client_no_context_takeover,
+            "client_max_window_bits": offer.client_max_window_bits,
+            "server_no_context_takeover": offer.server_no_context_takeover,
+            "server_max_window_bits": offer.server_max_window_bits}
+
+
+def test_the_window_is_kept_so_a_small_window_client_can_inflate() -> None:
+    # back-references farther than 512 bytes would break a client with a 9-bit window
+    text = FrameText.of(orjson.dumps([{"filler": f"{i:0600d}", "same": "x" * 400}
+                                      for i in range(50)]))
+    data = wsframes.wire(text, 9)
+    assert data[1] == 126  # a 16-bit length follows
+    inflater = zlib.decompressobj(-9)
+    assert inflater.decompress(data[4:] + b"\x00\x00\xff\xff") == text.encode()
+    assert len(data) < len(text) / 2
+    with pytest.raises(zlib.error):  # what the window keeps from happening
+        zlib.decompressobj(-9).decompress(wsframes.wire(text, 15)[4:])
+
+
+@pytest.mark.parametrize(("header", "bits"), [
+    ("permessage-deflate; client_max_window_bits", 15),  # what Chromium and Firefox offer
+    ("permessage-deflate; server_max_window_bits=10", 10),
+    ("x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=11", 11),
+    ("permessage-deflate; server_max_window_bits=99, permessage-deflate", 15),  # 1st refused
+    ("permessage-deflate; server_max_window_bits=99", PLAIN),
+    ("x-unknown", PLAIN), ("", PLAIN), (None, PLAIN)])
+def test_negotiated_is_what_the_handshake_accepts(header: str | None, bits: int) -> None:
+    assert wsframes.negotiated(header) == bits
 
 
 def test_other_cases_go_to_wsproto() -> None:
@@ -55,13 +147,29 @@ def test_other_cases_go_to_wsproto() -> None:
     assert bytes(wsframes.send_data(proto, "ab", False)) == b"\x01\x02ab"  # TEXT, not fin
     assert bytes(wsframes.send_data(proto, "cd", True)) == b"\x80\x02cd"  # CONTINUATION, fin
     assert bytes(wsframes.send_data(proto, "ef")) == b"\x81\x02ef"  # a new whole message
-    # with an extension (deflate) the payload is the extension's business
-    deflate = PerMessageDeflate()
-    deflate._enabled = True
-    with_ext = FrameProtocol(client=False, extensions=[deflate])
-    assert wsframes.send_data(with_ext, "a" * 1000)[0] & 0x40  # RSV1: compressed
+    # deflate with context takeover: wsproto's own compressor, which the next message uses
+    takeover = PerMessageDeflate()
+    takeover._enabled = True
+    text = feed_text(50)
+    with_ext = FrameProtocol(client=False, extensions=[takeover])
+    sent = wsframes.send_data(with_ext, text)
+    assert sent[0] & 0x40 and text.wire == {}  # compressed, and not by us
+    # a plain str on a shared-deflate connection: compressed by wsproto, not cached anywhere
+    shared = wsframes.SharedDeflate()
+    shared._enabled = True
+    assert wsframes.send_data(FrameProtocol(client=False, extensions=[shared]), "a" * 999)[0] \
+        & 0x40
 
 
-def test_install_puts_it_in_wsproto() -> None:
+def test_install_puts_it_in_wsproto_and_hypercorn() -> None:
     wsframes.install()
     assert FrameProtocol.send_data is wsframes.send_data
+    assert ws_stream.PerMessageDeflate is wsframes.SharedDeflate
+    status, headers, _ = ws_stream.Handshake(
+        [(b"connection", b"upgrade"), (b"upgrade", b"websocket"), (b"sec-websocket-key", b"k"),
+         (b"sec-websocket-version", b"13"),
+         (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits")],
+        "1.1").accept(None, [])
+    assert status == 101
+    assert dict(headers)[b"sec-websocket-extensions"] == (
+        b"permessage-deflate; server_no_context_takeover; client_max_window_bits=15")

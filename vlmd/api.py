@@ -309,7 +309,8 @@ class Api:
         if run is not None:
             found = self.live.tracker.find(run)
             run = found.run if found else run
-        sub = self.live.subscribe(run, kinds)
+        sub = self.live.subscribe(
+            run, kinds, wsframes.negotiated(ws.headers.get("sec-websocket-extensions")))
         after = sub.head if after_text is None else int(after_text)
         try:
             async with trio.open_nursery() as nursery:

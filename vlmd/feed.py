@@ -15,19 +15,21 @@ from typing import NamedTuple
 import trio
 
 from vlmd.log import Event, dumps_events
+from vlmd.wsframes import PLAIN, FrameText
 
 
 class Frame(NamedTuple):
-    """A batch of events as one JSON array, with the seq range it covers."""
+    """A batch of events as one JSON array, with the seq range it covers; its text keeps the
+    WebSocket frames built from it (`vlmd.wsframes`)."""
 
     first_seq: int
     last_seq: int
-    text: str
+    text: FrameText
 
 
 def encode(events: Sequence[Event]) -> Frame:
     """Serialise events (in seq order) into one frame."""
-    return Frame(events[0].seq, events[-1].seq, dumps_events(events).decode())
+    return Frame(events[0].seq, events[-1].seq, FrameText.of(dumps_events(events)))
 
 
 def _encoded(events: Sequence[Event], wants: Callable[[Event], bool] | None) -> Frame | None:
@@ -58,6 +60,8 @@ class Subscription:
     receive: trio.MemoryReceiveChannel[Frame]
     dropped: bool = False
     kinds: frozenset[str] | None = None
+    deflate: int = PLAIN
+    """The deflate window bits its WebSocket negotiated (`vlmd.wsframes.negotiated`)."""
     wants: Callable[[Event], bool] | None = field(init=False, repr=False)
     """The filter of events (run and kinds), None when this subscriber takes every event."""
 
@@ -80,14 +84,14 @@ class Feed:
     published: int = 0
     dropped: int = 0
 
-    def subscribe(self, run: str | None, head: int,
-                  kinds: Iterable[str] | None = None) -> Subscription:
+    def subscribe(self, run: str | None, head: int, kinds: Iterable[str] | None = None,
+                  deflate: int = PLAIN) -> Subscription:
         """Register a subscriber for frames published from now on; `head` is the last seq the
         caller has already covered (it reads the backlog up to there itself); `kinds` as in
-        `EventLog.read` (None: every kind)."""
+        `EventLog.read` (None: every kind); `deflate`: its connection's window bits."""
         send, receive = trio.open_memory_channel[Frame](self.buffer)
         sub = Subscription(run, head, send, receive,
-                           kinds=None if kinds is None else frozenset(kinds))
+                           kinds=None if kinds is None else frozenset(kinds), deflate=deflate)
         self.subscribers.add(sub)
         return sub
 
@@ -106,6 +110,15 @@ class Feed:
             if key not in frames:
                 frames[key] = _encoded(events, sub.wants)
         return frames
+
+    def compressed(self, frames: Frames) -> list[tuple[FrameText, int]]:
+        """The compressed frames the current subscribers will need of `frames` (from
+        `encode`), each once: (text, window bits), for `vlmd.wsframes.build`."""
+        wanted: dict[tuple[int, int], tuple[FrameText, int]] = {}
+        for sub in self.subscribers:
+            if sub.deflate != PLAIN and (frame := frames.get((sub.run, sub.kinds))) is not None:
+                wanted[id(frame.text), sub.deflate] = (frame.text, sub.deflate)
+        return list(wanted.values())
 
     def publish(self, events: Sequence[Event], frames: Frames | None = None) -> None:
         """Send committed events (in seq order) to every subscriber; drop those that lag.

@@ -17,6 +17,7 @@ from typing import Any
 import outcome
 import trio
 
+from vlmd import wsframes
 from vlmd.feed import Feed, Frames, Subscription
 from vlmd.liveness import Liveness
 from vlmd.log import Appended, Event, EventLog, Written
@@ -62,7 +63,30 @@ def _frames(results: Sequence[Appended]) -> list[list[Event]]:
     return frames
 
 
-_Ahead = tuple[list[Event], list[str], tracker.Outcomes, list[tuple[list[Event], Frames | None]]]
+class _Build:
+    """`wsframes.build` of the feed's compressed frames in a worker thread, started at once
+    (zlib releases the GIL, so it runs beside the COMMIT and the fold); `done` when it ended.
+    A failure only costs time: the sends build what is missing themselves."""
+
+    def __init__(self, wanted: list[tuple[wsframes.FrameText, int]]) -> None:
+        self.done = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[None]) -> None:
+            token.run_sync_soon(self._finished, result)
+
+        trio.lowlevel.start_thread_soon(lambda: wsframes.build(wanted), deliver,
+                                        name="vlmd feed frames")
+
+    def _finished(self, result: outcome.Outcome[None]) -> None:
+        if isinstance(result, outcome.Error):
+            log.error("building compressed feed frames failed (the sends build them): %r",
+                      result.error)
+        self.done.set()
+
+
+_Ahead = tuple[list[Event], list[str], tracker.Outcomes,
+               list[tuple[list[Event], Frames | None]], _Build | None]
 
 
 class _Write:
@@ -200,7 +224,8 @@ class Live:
         if self.write_error is not None:
             log.warning("writes work again (the log is at seq %d)", results[-1].last_seq)
             self.write_error = None
-        stored, kinds, found, frames = self._prepare(results) if ahead is None else ahead
+        stored, kinds, found, frames, building = (self._prepare(results) if ahead is None
+                                                  else ahead)
         tracker.apply_many(self.tracker, stored, found)
         self.appended_by_kind.update(kinds)
         if "watchdog.sample" in kinds:
@@ -208,6 +233,8 @@ class Live:
                 self.gpus.apply(event)  # samples only
         if self.liveness is not None:
             self.liveness.observe(stored, trio.current_time())
+        if building is not None:
+            await building.done.wait()
         for events, encoded in frames:
             self.feed.publish(events, encoded)
         took = time.perf_counter() - began
@@ -218,14 +245,19 @@ class Live:
     def _prepare(self, results: list[Appended]) -> _Ahead:
         """What `_commit` needs of a group's results, built without changing any state: the
         stored events in seq order, their kinds, what the fold will store for their items,
-        and the feed frames (encoded for the current subscribers)."""
+        and the feed frames (encoded for the current subscribers, and compressed for those
+        that deflate, in a worker thread)."""
         stored = [event for done in results for event in done.events]  # in seq order
         kinds = [event.kind for event in stored]
         feed = self.feed
         frames = [(events, feed.encode(events) if feed.subscribers else None)
                   for events in _frames(results)]
-        return stored, kinds, tracker.outcomes(stored), frames
+        wanted = [pair for _, encoded in frames if encoded for pair in feed.compressed(encoded)]
+        building = _Build(wanted) if wanted else None
+        return stored, kinds, tracker.outcomes(stored), frames, building
 
-    def subscribe(self, run: str | None, kinds: Sequence[str] | None = None) -> Subscription:
-        """A feed subscription that starts right after `head` (read the backlog up to there)."""
-        return self.feed.subscribe(run, self.head, kinds)
+    def subscribe(self, run: str | None, kinds: Sequence[str] | None = None,
+                  deflate: int = wsframes.PLAIN) -> Subscription:
+        """A feed subscription that starts right after `head` (read the backlog up to there);
+        `deflate`: the window bits its WebSocket negotiated."""
+        return self.feed.subscribe(run, self.head, kinds, deflate)

@@ -1,4 +1,7 @@
-"""A small WebSocket client on trio + wsproto (`vlmd run`, tests); it always closes its socket."""
+"""A small WebSocket client on trio + wsproto (`vlmd run`, tests); it always closes its socket.
+
+It offers permessage-deflate, as browsers do (the feed sends ~9x fewer bytes then).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import PerMessageDeflate
 
 
 class Closed(Exception):
@@ -60,14 +64,19 @@ class WsClient:
 
 
 @asynccontextmanager
-async def open_ws(url: str) -> AsyncIterator[WsClient]:
-    """Connect to a ``ws://`` URL; the socket is closed on exit, whatever happened."""
+async def open_ws(url: str, *, deflate: PerMessageDeflate | bool = True
+                  ) -> AsyncIterator[WsClient]:
+    """Connect to a ``ws://`` URL, offering `deflate` (True: wsproto's default offer; False:
+    none); the socket is closed on exit, whatever happened."""
     parts = urlsplit(url)
     stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
     try:
         ws = WSConnection(ConnectionType.CLIENT)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        await stream.send_all(ws.send(Request(host=parts.netloc, target=target)))
+        offers = ([deflate] if isinstance(deflate, PerMessageDeflate) else
+                  [PerMessageDeflate()] if deflate else [])
+        await stream.send_all(ws.send(Request(host=parts.netloc, target=target,
+                                              extensions=offers)))
         client = WsClient(stream, ws)
         while not client.pending:
             await client._events()
