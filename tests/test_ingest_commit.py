@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tests.events import completed, failed, started, submitted
-from vlmd import wsframes
+from vlmd import api, wsframes
 from vlmd.feed import Feed, Frames, Subscription
 from vlmd.live import Live, WriteRefused
 from vlmd.log import Event, EventLog
@@ -198,3 +198,47 @@ async def test_frames_of_deflating_subscribers_are_compressed_in_a_thread_before
     payload = wire[4:]
     assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == \
         frame.text.encode()
+
+
+async def test_frames_held_for_the_answer_go_out_on_release_or_before_the_next_batch(
+        tmp_path: Path) -> None:
+    live = Live(EventLog.open(tmp_path / "v.db"), Feed())
+    await live.append([submitted("r1"), started("r1")])
+    early = live.subscribe(None)
+    await live.append([completed("r1", 1)], hold_feed=True)
+    assert pending(early) == 0 and live.head == 3  # folded, not yet published
+    late = live.subscribe(None)  # its backlog covers the held batch (head 3)
+    await live.append([completed("r1", 2)], hold_feed=True)
+    await live.append([completed("r1", 3)])  # not held: what is held goes first, in order
+    assert [(f.first_seq, f.last_seq) for f in got(early)] == [(3, 3), (4, 4), (5, 5)]
+    frames = got(late)
+    assert [(f.first_seq, f.last_seq) for f in frames] == [(3, 3), (4, 4), (5, 5)]
+    assert frames[0].last_seq <= late.head  # the feed handler skips what the backlog sent
+    await live.append([completed("r1", 4)], hold_feed=True)
+    live.release_feed()
+    live.release_feed()  # nothing twice
+    assert [(f.first_seq, f.last_seq) for f in got(early)] == [(6, 6)]
+    assert live.tracker == tracker.fold(live.log.read())
+
+
+async def test_an_answer_that_cannot_be_sent_still_releases_its_frames(tmp_path: Path) -> None:
+    live = Live(EventLog.open(tmp_path / "v.db"), Feed())
+    sub = live.subscribe(None)
+    await live.append([submitted("r1")], hold_feed=True)
+    answer = api._FeedAfter(live, b"{}", media_type="application/json")
+
+    async def gone(message: dict[str, Any]) -> None:
+        raise OSError("the client went away")
+
+    async def nothing() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+    with pytest.raises(OSError):
+        await answer({"type": "http"}, nothing, gone)
+    assert [(f.first_seq, f.last_seq) for f in got(sub)] == [(1, 1)]
+
+
+def got(sub: Subscription) -> list[Any]:
+    frames = []
+    while pending(sub):
+        frames.append(sub.receive.receive_nowait())
+    return frames

@@ -22,6 +22,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from vlmd import images, submit, wsframes
@@ -57,6 +58,21 @@ class ApiError(Exception):
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+class _FeedAfter(Response):
+    """An answer to a POST of events whose feed frames `Live.append` held: they are published
+    once the answer is sent (or failed to be), so the client's next POST overlaps the sends."""
+
+    def __init__(self, live: Live, content: bytes, media_type: str) -> None:
+        super().__init__(content, media_type=media_type)
+        self.live = live
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.live.release_feed()
 
 
 def _error(exc: ApiError) -> Response:
@@ -147,9 +163,10 @@ class Api:
             raise ApiError(422, f"{errors[0]}{more}; nothing was appended", errors=[
                 {"index": e.index, "field": e.field, "message": e.message}
                 for e in errors[:MAX_ERRORS_SHOWN]])
-        done = await self.live.append(batch)
-        return _json({"appended": len(done.events), "duplicates": done.duplicates,
-                      "last_seq": done.last_seq})
+        done = await self.live.append(batch, hold_feed=True)
+        return _FeedAfter(self.live, orjson.dumps({
+            "appended": len(done.events), "duplicates": done.duplicates,
+            "last_seq": done.last_seq}), media_type="application/json")
 
     async def submit_run(self, request: Request) -> Response:
         self.authorize(request)

@@ -148,6 +148,7 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
                 await shutdown.wait()
                 notify.notify("STOPPING=1")
                 log.info("stopping: finishing in-flight requests")
+                live.release_feed()
                 live.feed.close()
                 live.replays.close()
                 services.cancel_scope.cancel()

@@ -127,9 +127,11 @@ class _Write:
 
 @dataclass(eq=False)
 class _Waiting:
-    """One `Live.append` call in a group commit: its batch, then its outcome."""
+    """One `Live.append` call in a group commit: its batch, whether its feed frames wait for
+    `Live.release_feed`, then its outcome."""
 
     events: Sequence[dict[str, Any]]
+    hold_feed: bool = False
     done: Appended | None = None
     error: Exception | None = None
 
@@ -151,6 +153,7 @@ class Live:
         self.write_error: str | None = None  # why the last append failed; None once one works
         self._lock = trio.Lock()
         self._waiting: list[_Waiting] = []  # batches for the next group commit
+        self._held: list[tuple[list[Event], Frames | None]] = []  # see `append`'s hold_feed
 
     @property
     def head(self) -> int:
@@ -168,8 +171,13 @@ class Live:
             return tracker.fold(events)
         self.tracker = await trio.to_thread.run_sync(replay)
 
-    async def append(self, events: Sequence[dict[str, Any]]) -> Appended:
+    async def append(self, events: Sequence[dict[str, Any]], *,
+                     hold_feed: bool = False) -> Appended:
         """Append validated envelopes, then fold and publish what was stored.
+
+        `hold_feed`: keep the batch's feed frames until `release_feed` (or the next append
+        without it), so that a POST's answer goes out before the WebSocket sends: its client
+        then posts the next batch while vlmd writes the frames, instead of after.
 
         Group commit: batches that arrive while a commit runs wait for the lock, and the first
         of them to get it commits them all in one transaction (one writer-thread hop and one
@@ -180,7 +188,7 @@ class Live:
         log. Raises WriteRefused when SQLite cannot write (disk full, I/O error): the batch is
         rolled back whole, `write_error` says why until an append works again.
         """
-        mine = _Waiting(events)
+        mine = _Waiting(events, hold_feed)
         with trio.CancelScope(shield=True):
             self._waiting.append(mine)
             async with self._lock:
@@ -235,12 +243,20 @@ class Live:
             self.liveness.observe(stored, trio.current_time())
         if building is not None:
             await building.done.wait()
-        for events, encoded in frames:
-            self.feed.publish(events, encoded)
+        self._held += frames  # after frames held by earlier appends: seq order
+        if not all(w.hold_feed for w in group):
+            self.release_feed()
         took = time.perf_counter() - began
         for w, done in zip(group, results, strict=True):
             w.done = done
             self.ingest_latency.observe(took)
+
+    def release_feed(self) -> None:
+        """Publish the frames that appends with ``hold_feed`` keep, in seq order (idempotent).
+        A subscriber that came meanwhile read them in its backlog and skips them."""
+        held, self._held = self._held, []
+        for events, encoded in held:
+            self.feed.publish(events, encoded)
 
     def _prepare(self, results: list[Appended]) -> _Ahead:
         """What `_commit` needs of a group's results, built without changing any state: the
