@@ -107,7 +107,7 @@ def window(extensions: list[Any]) -> int | None:
     if len(extensions) == 1:
         ext = extensions[0]
         if (isinstance(ext, PerMessageDeflate) and ext.server_no_context_takeover
-                and ext._compressor is None):
+                and getattr(ext, "_compressor", None) is None):  # not inside a message
             return ext.server_max_window_bits
     return None
 
