@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from wsproto.extensions import PerMessageDeflate
 
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, submitted
+from vlmd import wsframes
 from vlmd.daemon import Daemon, serve
 from vlmd.live import FRAME_EVENTS, _frames
 from vlmd.log import Appended, Event
@@ -66,6 +69,24 @@ async def test_clients_with_and_without_deflate_get_the_same_frames(daemon: Daem
     assert got[0] == got[1] == got[2]
     assert [e["seq"] for e in got[0]] == list(range(1, 402))
     assert [e["body"]["answer"] for e in got[0][1:]] == answers
+
+
+async def test_a_deflating_clients_backlog_is_compressed_off_the_trio_thread(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    on_trio_thread: list[bool] = []
+    build = wsframes.build
+
+    def spy(wanted: list[tuple[wsframes.FrameText, int]]) -> None:
+        on_trio_thread.append(threading.current_thread() is threading.main_thread())
+        build(wanted)
+    monkeypatch.setattr(wsframes, "build", spy)
+    async with httpx.AsyncClient(base_url=daemon.url, headers=AUTH) as c:
+        await c.post("/api/events", json=[submitted("r1")] + [
+            completed("r1", i) for i in range(1500)])
+    async with open_ws(ws_url(daemon, after=0)) as ws:
+        got = await frames(ws, 1501)
+    assert [e["seq"] for e in got] == list(range(1, 1502))
+    assert on_trio_thread == [False, False]  # two backlog frames, each built in a thread
 
 
 async def test_without_after_only_new_events_arrive_and_run_filters(daemon: Daemon) -> None:

@@ -362,11 +362,17 @@ class Api:
             return
         stream = self.live.log.read(after=after, until=sub.head, run=sub.run, kinds=sub.kinds)
 
-        def chunk() -> list[Any]:
-            return list(itertools.islice(stream, BACKLOG_FRAME))
+        def chunk() -> Frame | None:  # off the trio thread: the read, and the compression
+            events = list(itertools.islice(stream, BACKLOG_FRAME))
+            if not events:
+                return None
+            frame = encode(events)
+            if sub.deflate != wsframes.PLAIN:
+                wsframes.build([(frame.text, sub.deflate)])
+            return frame
 
-        while events := await trio.to_thread.run_sync(chunk):
-            yield encode(events)
+        while (frame := await trio.to_thread.run_sync(chunk)) is not None:
+            yield frame
 
 
 def _reason(text: str) -> str:
