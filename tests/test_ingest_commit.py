@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from tests.events import completed, failed, started, submitted
+from tests.test_ingest_feed import got
 from vlmd import api, wsframes
 from vlmd.feed import Feed, Frames, Subscription
 from vlmd.live import Live, WriteRefused
@@ -225,7 +226,7 @@ async def test_an_answer_that_cannot_be_sent_still_releases_its_frames(tmp_path:
     live = Live(EventLog.open(tmp_path / "v.db"), Feed())
     sub = live.subscribe(None)
     await live.append([submitted("r1")], hold_feed=True)
-    answer = api._FeedAfter(live, b"{}", media_type="application/json")
+    answer = api._FeedAfter(live, {})
 
     async def gone(message: dict[str, Any]) -> None:
         raise OSError("the client went away")
@@ -235,10 +236,3 @@ async def test_an_answer_that_cannot_be_sent_still_releases_its_frames(tmp_path:
     with pytest.raises(OSError):
         await answer({"type": "http"}, nothing, gone)
     assert [(f.first_seq, f.last_seq) for f in got(sub)] == [(1, 1)]
-
-
-def got(sub: Subscription) -> list[Any]:
-    frames = []
-    while pending(sub):
-        frames.append(sub.receive.receive_nowait())
-    return frames

@@ -61,11 +61,12 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 class _FeedAfter(Response):
-    """An answer to a POST of events whose feed frames `Live.append` held: they are published
-    once the answer is sent (or failed to be), so the client's next POST overlaps the sends."""
+    """`_json(data)` for a POST of events whose feed frames `Live.append` held: they are
+    published once the answer is sent (or failed to be), so the client's next POST overlaps
+    the sends."""
 
-    def __init__(self, live: Live, content: bytes, media_type: str) -> None:
-        super().__init__(content, media_type=media_type)
+    def __init__(self, live: Live, data: Any) -> None:
+        super().__init__(orjson.dumps(data), media_type="application/json")
         self.live = live
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -164,9 +165,8 @@ class Api:
                 {"index": e.index, "field": e.field, "message": e.message}
                 for e in errors[:MAX_ERRORS_SHOWN]])
         done = await self.live.append(batch, hold_feed=True)
-        return _FeedAfter(self.live, orjson.dumps({
-            "appended": len(done.events), "duplicates": done.duplicates,
-            "last_seq": done.last_seq}), media_type="application/json")
+        return _FeedAfter(self.live, {"appended": len(done.events), "duplicates": done.duplicates,
+                                      "last_seq": done.last_seq})
 
     async def submit_run(self, request: Request) -> Response:
         self.authorize(request)

@@ -5,7 +5,7 @@ message for each connection: it copies it five times on the way (``str.encode``,
 ``bytearray(payload)``, ``header + payload``, ``bytearray(...)`` of that, ``b"" += ...`` in
 ``Connection.send``), and, for a client that negotiated permessage-deflate (every browser
 offers it), compresses it again for each connection at zlib's default level, on the trio
-thread: ten dashboards took ~1.5 ms each per 1,000-event frame, more than the ingest itself.
+thread: ten dashboards took ~1.4 ms each per 1,000-event frame, more than the ingest itself.
 
 Here a frame's text is a `FrameText`, a ``str`` that keeps the wire bytes built from it
 (``wire``, by deflate window bits, 0 for none):
