@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from vlmd.config import Config
-from vlmd.daemon import Daemon, serve
+from vlmd.daemon.serve import Daemon, serve
 
 TOKEN = "test-token"
 LISTENING = re.compile(r"listening on (http://\S+)")

@@ -1,4 +1,5 @@
-"""A stand-in for the parts of ``pynvml`` that vlmd_agent.gpu uses, for machines without a GPU.
+"""A stand-in for the parts of ``pynvml`` that vlmd_agent.watch.gpu uses, for machines without
+a GPU.
 
 Same names, signatures, error classes and codes as nvidia-ml-py; the GPUs are plain objects in
 `GPUS` that a test sets up with `reset` and then changes (a metric `unsupported`, a GPU `lost`,

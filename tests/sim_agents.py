@@ -34,13 +34,14 @@ from pathlib import Path
 import trio
 
 from tests import fake_pynvml
-from vlmd_agent import datasets, wire
-from vlmd_agent.backends import load_backend
-from vlmd_agent.gpu import open_gpus
-from vlmd_agent.outbox import Outbox
-from vlmd_agent.sampler import Sample, Sampler, run_sampler
-from vlmd_agent.watchdog import SAMPLE_BATCH_S, Watchdog, WatchdogConfig
-from vlmd_agent.wrapper import WrapperConfig, item_event, open_outbox
+from vlmd_agent import wire
+from vlmd_agent.evaluate import datasets
+from vlmd_agent.evaluate.backends import load_backend
+from vlmd_agent.evaluate.wrapper import WrapperConfig, item_event, open_outbox
+from vlmd_agent.outbox.spool import Outbox
+from vlmd_agent.watch.gpu import open_gpus
+from vlmd_agent.watch.sampler import Sample, Sampler, run_sampler
+from vlmd_agent.watch.watchdog import SAMPLE_BATCH_S, Watchdog, WatchdogConfig
 
 GPUS = 8
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vlmd_agent.cli import config
-from vlmd_agent.outbox import Outbox
+from vlmd_agent.outbox.spool import Outbox
 
 BASE = ["--url", "http://127.0.0.1:8470", "--run", "r-cli", "--model", "demo:instant",
         "--dataset", "demo.jsonl"]

@@ -11,7 +11,7 @@ import httpx
 import psutil
 
 from tests.conftest import start_daemon
-from vlmd_agent import demo_data
+from vlmd_agent.evaluate import demo_data
 
 HEARTBEAT_S = 0.3
 

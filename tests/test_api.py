@@ -11,9 +11,9 @@ import trio
 
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, ev, failed, finished, started, submitted
-from vlmd.daemon import Daemon, serve
-from vlmd.log import EventLog, dumps_events
+from vlmd.daemon.serve import Daemon, serve
 from vlmd.projections import tracker
+from vlmd.store.log import EventLog, dumps_events
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

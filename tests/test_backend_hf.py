@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmd_agent import demo_models
-from vlmd_agent.backends import BackendError, Generation, Request, load_backend
-from vlmd_agent.backends.hf import CPU_NOTE, HFBackend
+from vlmd_agent.evaluate import demo_models
+from vlmd_agent.evaluate.backends import BackendError, Generation, Request, load_backend
+from vlmd_agent.evaluate.backends.hf import CPU_NOTE, HFBackend
 
 IMAGE_TOKENS_TINY = 16  # a lower bound on the image tokens (tiny now has 64: 32 px, 4 px patches)
 

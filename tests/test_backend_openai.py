@@ -18,9 +18,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from vlmd_agent import demo_models
-from vlmd_agent.backends import BackendError, Request, load_backend
-from vlmd_agent.backends.openai import REMOTE_NOTE, OpenAIBackend
+from vlmd_agent.evaluate import demo_models
+from vlmd_agent.evaluate.backends import BackendError, Request, load_backend
+from vlmd_agent.evaluate.backends.openai import REMOTE_NOTE, OpenAIBackend
 
 HERE = Path(__file__).parent
 TOLERANCE_MS = 2.0

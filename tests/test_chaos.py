@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from vlmd.liveness import STARTUP_GRACE_S, Liveness
-from vlmd.log import Event
-from vlmd_agent import demo_data
-from vlmd_agent.wrapper import EXIT_ORPHANED, WrapperConfig
+from vlmd.live.liveness import STARTUP_GRACE_S, Liveness
+from vlmd.store.log import Event
+from vlmd_agent.evaluate import demo_data
+from vlmd_agent.evaluate.wrapper import EXIT_ORPHANED, WrapperConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,8 @@ def test_a_wrapper_outlives_the_thread_that_forked_it_but_not_its_watchdog(
 
     def fork_then_exit() -> None:  # as trio's worker thread: fork, then go away
         started.append(subprocess.Popen(
-            [sys.executable, "-m", "vlmd_agent.wrapper", cfg.to_json()], pass_fds=(write_fd,),
+            [sys.executable, "-m", "vlmd_agent.evaluate.wrapper", cfg.to_json()],
+            pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "VLMD_STATUS_FD": str(write_fd), "VLMD_TOKEN": "t"}))
         ready, _, _ = select.select([read_fd], [], [], 30)

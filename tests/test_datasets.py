@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from vlmd_agent.datasets import DatasetError, Item, load, shard
+from vlmd_agent.evaluate.datasets import DatasetError, Item, load, shard
 
 PNG_B64 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElF"
            "TkSuQmCC")

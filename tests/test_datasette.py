@@ -18,10 +18,10 @@ import trio
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, ev, failed, finished, started, submitted
 from tests.test_views import gpu, sample_batch, sample_one
-from vlmd.daemon import Daemon, serve
-from vlmd.datasette import free_port
-from vlmd.datasette_meta import QUERIES, TABLES
-from vlmd.migrations import MIGRATIONS
+from vlmd.daemon.datasette import free_port
+from vlmd.daemon.datasette_meta import QUERIES, TABLES
+from vlmd.daemon.serve import Daemon, serve
+from vlmd.store.migrations import MIGRATIONS
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 VIEWS = ("runs", "items", "samples", "alerts", "model_summary")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlmd_agent import datasets, demo_data, demo_models, demo_train, scoring
-from vlmd_agent.backends import Request, default_models_dir, load_backend
-from vlmd_agent.backends.hf import HFBackend
+from vlmd_agent.evaluate import datasets, demo_data, demo_models, demo_train, scoring
+from vlmd_agent.evaluate.backends import Request, default_models_dir, load_backend
+from vlmd_agent.evaluate.backends.hf import HFBackend
 
 HELD_OUT = 60  # items of the demo set `vlmd demo` evaluates on (seed 0), never trained on
 ANSWERS = {*demo_data.COLOURS, *demo_data.SHAPES, *demo_data.COUNTS}

@@ -28,9 +28,9 @@ import trio
 
 from tests.conftest import TOKEN, daemon_config
 from tests.events import ev, started, submitted
-from vlmd.daemon import Daemon, serve
-from vlmd.wsclient import open_ws
-from vlmd_agent.outbox import Outbox
+from vlmd.cli.wsclient import open_ws
+from vlmd.daemon.serve import Daemon, serve
+from vlmd_agent.outbox.spool import Outbox
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 RUN = "full-1"

@@ -15,11 +15,11 @@ from wsproto.extensions import PerMessageDeflate
 
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, submitted
-from vlmd import wsframes
-from vlmd.daemon import Daemon, serve
-from vlmd.live import FRAME_EVENTS, _frames
-from vlmd.log import Appended, Event
-from vlmd.wsclient import Closed, WsClient, open_ws
+from vlmd.cli.wsclient import Closed, WsClient, open_ws
+from vlmd.daemon.serve import Daemon, serve
+from vlmd.live import wsframes
+from vlmd.live.state import FRAME_EVENTS, _frames
+from vlmd.store.log import Appended, Event
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.events import completed, started, submitted
-from vlmd import cli
+from vlmd.cli import main as cli
 from vlmd.config import Config, ConfigError
-from vlmd.log import EventLog
-from vlmd_agent import datasets
-from vlmd_agent.datasets import DatasetError
+from vlmd.store.log import EventLog
+from vlmd_agent.evaluate import datasets
+from vlmd_agent.evaluate.datasets import DatasetError
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -63,7 +63,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
-    """`vlmd.cli.main(argv)` in this process: (exit status, stderr). Tracebacks propagate."""
+    """`vlmd.cli.main.main(argv)` in this process: (exit status, stderr). Tracebacks propagate."""
     err, out = io.StringIO(), io.TextIOWrapper(io.BytesIO())
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:

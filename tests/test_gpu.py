@@ -19,7 +19,14 @@ import pynvml
 import pytest
 
 from tests import fake_pynvml as fake
-from vlmd_agent.gpu import DEVICE_KEYS, GpuSource, NullSource, SmiSource, open_gpus, parse_smi_line
+from vlmd_agent.watch.gpu import (
+    DEVICE_KEYS,
+    GpuSource,
+    NullSource,
+    SmiSource,
+    open_gpus,
+    parse_smi_line,
+)
 
 MB = 1024 * 1024
 METRICS = DEVICE_KEYS[3:11]  # mem_used_mb .. proc_mem_mb: numbers or None

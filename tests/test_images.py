@@ -8,8 +8,8 @@ import httpx
 
 from tests.conftest import TOKEN
 from tests.events import ev
-from vlmd.daemon import Daemon
-from vlmd_agent import datasets, demo_data
+from vlmd.daemon.serve import Daemon
+from vlmd_agent.evaluate import datasets, demo_data
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

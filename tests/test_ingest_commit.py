@@ -17,11 +17,12 @@ import trio
 
 from tests.events import completed, failed, started, submitted
 from tests.test_ingest_feed import got
-from vlmd import api, wsframes
-from vlmd.feed import Feed, Frames, Subscription
-from vlmd.live import Live, WriteRefused
-from vlmd.log import Event, EventLog
+from vlmd.live import wsframes
+from vlmd.live.feed import Feed, Frames, Subscription
+from vlmd.live.state import Live, WriteRefused
 from vlmd.projections import tracker
+from vlmd.store.log import Event, EventLog
+from vlmd.web import api
 
 
 class HookedCommit:

@@ -5,8 +5,8 @@ and subscribers that came or left in between are served or skipped."""
 from __future__ import annotations
 
 from tests.events import completed, ev, submitted
-from vlmd.feed import Feed, Frame, Subscription
-from vlmd.log import Event
+from vlmd.live.feed import Feed, Frame, Subscription
+from vlmd.store.log import Event
 
 
 def events() -> list[Event]:

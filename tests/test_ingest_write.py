@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.events import completed, submitted
-from vlmd.log import Appended, EventLog, Written
+from vlmd.store.log import Appended, EventLog, Written
 
 KEYS = st.integers(0, 9)  # few keys, so groups repeat them, within the group and with the log
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import DaemonProcess
-from vlmd.kube import job_name
+from vlmd.launch.kube import job_name
 from vlmd_agent import cli as agent_cli
 
 DNS_1123 = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")

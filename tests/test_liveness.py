@@ -9,9 +9,9 @@ import trio
 
 from tests.conftest import TOKEN
 from tests.events import ev, finished, started, submitted
-from vlmd.daemon import Daemon
-from vlmd.liveness import Liveness, watch
-from vlmd.log import Event
+from vlmd.daemon.serve import Daemon
+from vlmd.live.liveness import Liveness, watch
+from vlmd.store.log import Event
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.events import completed, ev, started, submitted
-from vlmd.log import EventLog
-from vlmd.migrations import MIGRATIONS
+from vlmd.store.log import EventLog
+from vlmd.store.migrations import MIGRATIONS
 
 
 def test_append_assigns_seq_in_order_and_returns_the_stored_events(tmp_path: Path) -> None:

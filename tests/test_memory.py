@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vlmd_agent import memory
-from vlmd_agent.memory import CgroupPaths, ProcessTable, RamReader, find_cgroup, ram_sample
+from vlmd_agent.watch import memory
+from vlmd_agent.watch.memory import CgroupPaths, ProcessTable, RamReader, find_cgroup, ram_sample
 
 MB = 1024 * 1024
 V1_UNLIMITED = "9223372036854771712"

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import TOKEN
 from tests.events import completed, ev, failed, finished, started, submitted
 from tests.test_views import gpu, sample_batch, sample_one
-from vlmd.daemon import Daemon
+from vlmd.daemon.serve import Daemon
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

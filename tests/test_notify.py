@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import start_daemon
-from vlmd import notify
+from vlmd.daemon import notify
 
 
 def messages(sock: socket.socket, until: float) -> Iterator[str]:

@@ -21,15 +21,15 @@ import pytest
 
 from tests.conftest import TOKEN, DaemonProcess, start_daemon
 from tests.events import T0, completed
-from vlmd_agent.outbox import Outbox
-from vlmd_agent.putlog import PutLog
+from vlmd_agent.outbox.putlog import PutLog
+from vlmd_agent.outbox.spool import Outbox
 
 FAST = (0.05, 0.5)  # backoff for tests: vlmd comes back soon
 
 CHILD = """
 import sys, threading
 from pathlib import Path
-from vlmd_agent.outbox import Outbox
+from vlmd_agent.outbox.spool import Outbox
 box = Outbox(Path(sys.argv[1]), sys.argv[2], "test-token", backoff=(0.05, 0.2)).start()
 for i in range(int(sys.argv[3])):
     box.put({"key": f"r-child/item/{i}/0", "run": "r-child", "kind": "item.completed",
@@ -360,7 +360,7 @@ def test_put_latency_and_delivery_rate_to_a_local_vlmd(
 
 
 def test_events_are_encoded_as_the_standard_library_would_or_refused() -> None:
-    from vlmd_agent.outbox import _encode, _fast_json
+    from vlmd_agent.outbox.spool import _encode, _fast_json
     sample = {"key": "k-s", "run": "r-enc", "kind": "watchdog.sample", "ts": 1.7e9,
               "body": {"host": "h", "samples": [
                   {"t": 1.7e9 + i / 20, "ram": {"host_used_mb": 1e3 / 3, "rss_mb": 12.25},

@@ -1,4 +1,4 @@
-"""The outbox's HTTP connection (`vlmd_agent.outbox.Connection`) against small real servers:
+"""The outbox's HTTP connection (`vlmd_agent.outbox.spool.Connection`) against small real servers:
 keep-alive, a connection the server closed, https, timeouts and URLs.
 
 A stand-in server is used where vlmd cannot show the behaviour (it keeps connections open, has no
@@ -23,7 +23,7 @@ import pytest
 
 from tests.events import completed
 from tests.test_outbox import FAST, items, keys, wait_for
-from vlmd_agent.outbox import Connection, Outbox
+from vlmd_agent.outbox.spool import Connection, Outbox
 
 TOKEN = "test-token"
 

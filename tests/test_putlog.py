@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmd_agent.putlog import PutLog
+from vlmd_agent.outbox.putlog import PutLog
 
 
 def test_one_event_frames_read_back_with_keys_of_any_characters(tmp_path: Path) -> None:

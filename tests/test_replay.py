@@ -21,10 +21,10 @@ import trio
 from tests.conftest import TOKEN
 from tests.events import completed, ev, failed, finished, started, submitted
 from tests.test_views import sample_batch
-from vlmd.daemon import Daemon
-from vlmd.log import Event
+from vlmd.cli.wsclient import open_ws
+from vlmd.daemon.serve import Daemon
 from vlmd.projections import answers, tracker
-from vlmd.wsclient import open_ws
+from vlmd.store.log import Event
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

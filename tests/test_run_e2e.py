@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import DaemonProcess, start_daemon
-from vlmd_agent import demo_data
+from vlmd_agent.evaluate import demo_data
 
 
 @pytest.fixture(scope="module")

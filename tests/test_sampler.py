@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from tests import fake_pynvml as fake
-from vlmd_agent.gpu import DEVICE_KEYS, NullSource, open_gpus
-from vlmd_agent.memory import RamReader
-from vlmd_agent.sampler import Sample, Sampler, run_sampler, tick_every
+from vlmd_agent.watch.gpu import DEVICE_KEYS, NullSource, open_gpus
+from vlmd_agent.watch.memory import RamReader
+from vlmd_agent.watch.sampler import Sample, Sampler, run_sampler, tick_every
 
 ME = os.getpid()
 MB = 1024 * 1024

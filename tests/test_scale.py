@@ -16,10 +16,10 @@ import trio
 
 from tests.conftest import TOKEN
 from tests.events import completed, ev, started, submitted
-from vlmd.daemon import Daemon
-from vlmd.feed import Feed
-from vlmd.log import Appended, Event, EventLog
-from vlmd.wsclient import Closed, open_ws
+from vlmd.cli.wsclient import Closed, open_ws
+from vlmd.daemon.serve import Daemon
+from vlmd.live.feed import Feed
+from vlmd.store.log import Appended, Event, EventLog
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlmd_agent import scoring
-from vlmd_agent.datasets import Item
-from vlmd_agent.scoring import anls, exact, extract_choice, mcq, normalise, score, vqa
+from vlmd_agent.evaluate import scoring
+from vlmd_agent.evaluate.datasets import Item
+from vlmd_agent.evaluate.scoring import anls, exact, extract_choice, mcq, normalise, score, vqa
 
 CHOICES = {"A": "blue", "B": "red", "C": "green", "D": "dark red"}
 

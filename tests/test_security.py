@@ -16,10 +16,11 @@ from starlette.requests import Request
 
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, started, submitted
-from vlmd import api, datasette
+from vlmd.cli.wsclient import Closed, open_ws
 from vlmd.config import Config
-from vlmd.daemon import Daemon, is_loopback, serve, warn_if_exposed
-from vlmd.wsclient import Closed, open_ws
+from vlmd.daemon import datasette
+from vlmd.daemon.serve import Daemon, is_loopback, serve, warn_if_exposed
+from vlmd.web import api
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -187,7 +188,7 @@ def test_sql_in_vlmd_is_constant_text_never_built_from_a_request() -> None:
 
 def test_the_composed_read_query_binds_every_request_value() -> None:
     """`EventLog.read` builds its WHERE from fixed fragments: no f-string holds a value."""
-    source = (ROOT / "vlmd" / "log.py").read_text()
+    source = (ROOT / "vlmd" / "store" / "log.py").read_text()
     read = next(n for n in ast.walk(ast.parse(source))
                 if isinstance(n, ast.FunctionDef) and n.name == "read")
     formatted = [n for n in ast.walk(read) if isinstance(n, ast.JoinedStr)]

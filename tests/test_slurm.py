@@ -20,11 +20,9 @@ import pytest
 
 from tests.conftest import DaemonProcess, start_daemon
 from vlmd.config import Config, ConfigError
-from vlmd.launcher import LaunchSpec
-from vlmd.log import Event
-from vlmd.projections import tracker
-from vlmd.slurm import SlurmLauncher
-from vlmd.slurm_job import (
+from vlmd.launch.launcher import LaunchSpec
+from vlmd.launch.slurm import SlurmLauncher
+from vlmd.launch.slurm_job import (
     SlurmError,
     TaskInfo,
     array_indices,
@@ -33,7 +31,10 @@ from vlmd.slurm_job import (
     slurm,
     write_job,
 )
-from vlmd_agent import demo_data, wire
+from vlmd.projections import tracker
+from vlmd.store.log import Event
+from vlmd_agent import wire
+from vlmd_agent.evaluate import demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import TOKEN
 from tests.events import finished, started, submitted
-from vlmd.daemon import Daemon
+from vlmd.daemon.serve import Daemon
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

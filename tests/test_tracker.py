@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.events import completed, ev, failed, finished, started, submitted
-from vlmd.log import Event
 from vlmd.projections import tracker
+from vlmd.store.log import Event
 
 RUNS = ["a", "b"]
 

@@ -30,9 +30,9 @@ import trio
 import trio.testing
 
 from tests.conftest import TOKEN, daemon_config
-from vlmd.daemon import Daemon, serve
-from vlmd_agent import demo_data
-from vlmd_agent.detect import (
+from vlmd.daemon.serve import Daemon, serve
+from vlmd_agent.evaluate import demo_data
+from vlmd_agent.watch.detect import (
     HangClock,
     HighWater,
     classify_exit,
@@ -197,7 +197,8 @@ async def wrapper_of(agent: trio.Process, timeout: float = 10.0) -> psutil.Proce
         while True:
             for child in psutil.Process(agent.pid).children():
                 try:
-                    if "vlmd_agent.wrapper" in child.cmdline() and child.status() != "zombie":
+                    if ("vlmd_agent.evaluate.wrapper" in child.cmdline()
+                            and child.status() != "zombie"):
                         return child
                 except psutil.Error:
                     pass
@@ -418,7 +419,7 @@ def free_port() -> int:
 
 FULL_SPOOL = """
 import errno, os
-from vlmd_agent import putlog
+from vlmd_agent.outbox import putlog
 _append, _puts = putlog.PutLog.append, {"n": 0}
 def append(self, events, queued):
     if self.path.name == "wrapper.db.puts":

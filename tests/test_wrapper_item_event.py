@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from vlmd_agent import wire
-from vlmd_agent.backends import Backend, load_backend
-from vlmd_agent.datasets import Item
-from vlmd_agent.wrapper import WrapperConfig, item_event
+from vlmd_agent.evaluate.backends import Backend, load_backend
+from vlmd_agent.evaluate.datasets import Item
+from vlmd_agent.evaluate.wrapper import WrapperConfig, item_event
 
 CFG = WrapperConfig(url="http://127.0.0.1:1", run="r-ev", model="demo:instant:0", dataset="-",
                     spool="-", max_new_tokens=8)

@@ -18,23 +18,24 @@ from pathlib import Path
 import pytest
 import trio
 
-from vlmd_agent import datasets, demo_data, wire
-from vlmd_agent.backends import load_backend
-from vlmd_agent.outbox import Outbox
-from vlmd_agent.watchdog import read_lines, spool_report
-from vlmd_agent.wrapper import (
+from vlmd_agent import wire
+from vlmd_agent.evaluate import datasets, demo_data
+from vlmd_agent.evaluate.backends import load_backend
+from vlmd_agent.evaluate.wrapper import (
     EXIT_ORPHANED,
     WrapperConfig,
     item_event,
     run_item,
     scored_event,
 )
+from vlmd_agent.outbox.spool import Outbox
+from vlmd_agent.watch.watchdog import read_lines, spool_report
 
 WRITER = """
 import os, signal, sys
-from vlmd_agent import datasets
-from vlmd_agent.backends import load_backend
-from vlmd_agent.wrapper import Status, WrapperConfig, run_item
+from vlmd_agent.evaluate import datasets
+from vlmd_agent.evaluate.backends import load_backend
+from vlmd_agent.evaluate.wrapper import Status, WrapperConfig, run_item
 cfg = WrapperConfig(url="http://127.0.0.1:9", run="r-lines", model="demo:instant:0",
                     dataset=sys.argv[2], spool="-", shard="0/1")
 status, backend = Status(int(sys.argv[1])), load_backend("demo:instant:0")
@@ -102,7 +103,7 @@ def test_a_line_that_cannot_be_spooled_is_logged_not_raised(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     box = Outbox(tmp_path / "wrapper.db", "http://127.0.0.1:9", "t")
     try:
-        with caplog.at_level(logging.ERROR, logger="vlmd_agent.watchdog"):
+        with caplog.at_level(logging.ERROR, logger="vlmd_agent.watch.watchdog"):
             spool_report(box, "r-bad", {"state": "item", "outcome": {"kind": "item.completed"}})
             spool_report(box, "r-bad", {"state": "event", "event": {"key": "k", "run": "r-bad"}})
         assert box.backlog() == 0

@@ -1,4 +1,4 @@
-"""vlmd.wsframes: the feed's WebSocket frames, built once for every connection; plain frames
+"""vlmd.live.wsframes: the feed's WebSocket frames, built once for every connection; plain frames
 byte for byte as wsproto's, compressed ones readable by wsproto's own client."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
-from vlmd import wsframes
-from vlmd.wsframes import PLAIN, FrameText
+from vlmd.live import wsframes
+from vlmd.live.wsframes import PLAIN, FrameText
 
 SIZES = [0, 1, 125, 126, 127, 65_535, 65_536, 318_000]
 

@@ -30,11 +30,12 @@ import trio
 
 from tests import fake_pynvml
 from tests.sim_agents import GPUS, parse
-from vlmd_agent import datasets, wire
-from vlmd_agent.backends import load_backend
-from vlmd_agent.gpu import open_gpus
-from vlmd_agent.sampler import Sampler
-from vlmd_agent.wrapper import WrapperConfig, item_event
+from vlmd_agent import wire
+from vlmd_agent.evaluate import datasets
+from vlmd_agent.evaluate.backends import load_backend
+from vlmd_agent.evaluate.wrapper import WrapperConfig, item_event
+from vlmd_agent.watch.gpu import open_gpus
+from vlmd_agent.watch.sampler import Sampler
 
 FLUSH_S, BATCH_MAX = 0.1, 100
 

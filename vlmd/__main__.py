@@ -2,6 +2,6 @@
 
 import sys
 
-from vlmd.cli import main
+from vlmd.cli.main import main
 
 sys.exit(main())

@@ -31,15 +31,15 @@ import httpx
 import trio
 
 from vlmd_agent import wire
-from vlmd_agent.detect import signal_name
-from vlmd_agent.gpu import open_gpus
-from vlmd_agent.memory import CgroupPaths, RamReader
-from vlmd_agent.outbox import Outbox
-from vlmd_agent.sampler import Sampler
-from vlmd_agent.watchdog import Watchdog, WatchdogConfig
-from vlmd_agent.wrapper import WrapperConfig, open_outbox
+from vlmd_agent.evaluate.wrapper import WrapperConfig, open_outbox
+from vlmd_agent.outbox.spool import Outbox
+from vlmd_agent.watch.detect import signal_name
+from vlmd_agent.watch.gpu import open_gpus
+from vlmd_agent.watch.memory import CgroupPaths, RamReader
+from vlmd_agent.watch.sampler import Sampler
+from vlmd_agent.watch.watchdog import Watchdog, WatchdogConfig
 
-log = logging.getLogger("vlmd_agent.watchdog")
+log = logging.getLogger("vlmd_agent.watch.watchdog")
 
 EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from vlmd.log import Event
+from vlmd.store.log import Event
 
 COLUMNS = ("run", "item", "question", "answer", "expected", "score", "ttft_ms", "tpot_ms",
            "e2e_ms", "input_tokens", "output_tokens", "vram_before_mb", "vram_peak_delta_mb",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from vlmd.log import Event
+from vlmd.store.log import Event
 
 RATE_WINDOW_S = 60.0
 RATE_POINTS = 256

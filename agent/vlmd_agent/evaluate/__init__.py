@@ -1,0 +1,1 @@
+"""Evaluating: the wrapper loop, model backends, datasets, scoring and demos."""

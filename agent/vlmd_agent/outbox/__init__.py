@@ -1,0 +1,1 @@
+"""The durable outbox: events spooled to disk, then POSTed in batches."""

@@ -1,0 +1,1 @@
+"""Watching the wrapper: GPU and RAM sampling, heartbeats, death and hangs."""

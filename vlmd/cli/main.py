@@ -1,0 +1,330 @@
+"""The ``vlmd`` command line. Every command takes ``--config PATH`` and finds the daemon from it."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import logging
+import signal
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+import trio
+
+from vlmd.config import Config, ConfigError
+from vlmd.daemon import datasette
+from vlmd.daemon.serve import serve
+from vlmd.live import replay
+from vlmd.projections import export
+from vlmd.projections.summary import summarize
+from vlmd.store.log import EventLog
+
+Command = Callable[[argparse.Namespace, Config], int]
+COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+class CliError(Exception):
+    """A mistake the user can fix; printed as one line, no traceback."""
+
+
+def command(name: str, setup: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+            ) -> Callable[[Command], Command]:
+    """Register a subcommand; its docstring (with an Example: block) is its help."""
+    def register(fn: Command) -> Command:
+        COMMANDS[name] = (fn, setup)
+        return fn
+    return register
+
+
+GC_YOUNG = 50_000  # allocations between young collections in `vlmd serve` (default 700)
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="bind address (default: server.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: server.port, 8470; 0 picks one)")
+    p.add_argument("--db", help="event log file (default: log.path, ./vlmd.db)")
+
+
+@command("serve", _serve_args)
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    """Run the daemon until SIGTERM or SIGINT, then stop gracefully.
+
+    Example:
+        vlmd serve --config /etc/vlmd/vlmd.toml
+    """
+    server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    config = config.replace(server=server, **({"log": {"path": args.db}} if args.db else {}))
+
+    async def main() -> None:
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, shutdown, nursery.cancel_scope)
+            await serve(config, shutdown=shutdown)
+            nursery.cancel_scope.cancel()
+
+    # Ingest allocates ~5,000 tracked objects per 1,000-event batch, all alive until the batch is
+    # folded: with the default thresholds (700, 10, 10) the cyclic GC scans and promotes them
+    # several times a batch (~2 ms of a ~20 ms batch, see docs/BENCHMARKS.md "Ingest"). A larger
+    # first generation lets a batch die by refcount before a collection sees it; what was
+    # imported before serving lives as long as the daemon and is kept out of full collections.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, 20, 10)
+    trio.run(main)
+    return 0
+
+
+async def _stop_on_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if shutdown.is_set():
+                logging.getLogger("vlmd").warning("second %s: stopping now",
+                                                  signal.Signals(signum).name)
+                scope.cancel()
+                return
+            logging.getLogger("vlmd").info("%s received", signal.Signals(signum).name)
+            shutdown.set()
+
+
+def _client(config: Config) -> httpx.Client:
+    return httpx.Client(base_url=config.url, timeout=30.0,
+                        headers={"authorization": f"Bearer {config.resolve_token()}"})
+
+
+def _get(config: Config, path: str) -> Any:
+    try:
+        with _client(config) as client:
+            response = client.get(path)
+    except httpx.TransportError as e:
+        raise CliError(f"cannot reach vlmd at {config.url} ({e}); is `vlmd serve` running?"
+                       ) from None
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]
+        except (ValueError, KeyError, TypeError):  # not vlmd's JSON error (a proxy, a 404 page)
+            message = response.text[:200]
+        raise CliError(f"vlmd answered {response.status_code}: {message}")
+    return response.json()
+
+
+def _fmt(value: Any, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@command("runs")
+def cmd_runs(args: argparse.Namespace, config: Config) -> int:
+    """List every run the daemon knows, newest last.
+
+    Example:
+        vlmd runs
+    """
+    runs = _get(config, "/api/runs")["runs"]
+    print(f"{'RUN':14} {'NAME':16} {'STATUS':10} {'DONE':>7} {'FAILED':>6} {'TOTAL':>7} "
+          f"{'ACC':>6}  MODEL")
+    for r in runs:
+        print(f"{r['run']:14} {(r['name'] or '-')[:16]:16} {r['status']:10} {r['done']:7} "
+              f"{r['failed']:6} {_fmt(r['total'], 'd'):>7} {_fmt(r['accuracy'], '.3f'):>6}  "
+              f"{r['model'] or '-'}")
+    return 0
+
+
+def _log_file(args: argparse.Namespace, config: Config) -> EventLog:
+    try:
+        return replay.open_readonly(args.db or config.log.path)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+
+
+def _run_id(event_log: EventLog, run: str) -> str:
+    found = replay.resolve_run(event_log, run)
+    if found is None:
+        raise CliError(f"no run {run!r} in {event_log.path} (neither an id nor a name)")
+    return found
+
+
+def _db_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--db", metavar="FILE", help=f"{what} (default: log.path); any copy works")
+
+
+def _replay_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run id or name")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="time factor: 10 plays ten times faster than it happened (default 1)")
+    p.add_argument("--db", metavar="FILE",
+                   help="read the run from this log file (default: ask the daemon)")
+
+
+@command("replay", _replay_args)
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    """Play a past run's events to the daemon's replay channel, spaced as they happened.
+
+    Nothing is appended to the log; dashboards follow it at WS /api/replay?run=RUN.
+
+    Example:
+        vlmd replay nightly --speed 20
+        vlmd replay r-7f3a2b9c01 --speed 100 --db /backup/vlmd-2026-01.db
+    """
+    if not args.speed > 0:
+        raise CliError("--speed must be a number above 0")
+    if args.db:
+        event_log = _log_file(args, config)
+        run = _run_id(event_log, args.run)
+        events = [replay.event_dict(e) for e in event_log.read(run=run)]
+    else:
+        run = _get(config, f"/api/runs/{quote(args.run, safe='')}")["run"]
+        events, after = [], 0
+        while page := _get(config, f"/api/events?run={quote(run)}&after={after}&limit=100000"):
+            events += page
+            after = page[-1]["seq"]
+    with _client(config) as client:
+        def send(batch: list[Any]) -> None:
+            r = client.post("/api/replay", content=orjson.dumps(batch),
+                            headers={"content-type": "application/json"})
+            if r.status_code >= 400:
+                raise CliError(f"vlmd answered {r.status_code}: {r.text[:500]}")
+
+        try:
+            took = replay.play(events, args.speed, send)
+        except httpx.TransportError as e:
+            raise CliError(f"cannot reach vlmd at {config.url} ({e})") from None
+    print(f"replayed {len(events)} events of {run} in {took:.2f} s (speed {args.speed:g})")
+    return 0
+
+
+def _state_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", metavar="RUN", help="one run (id or name); default: all")
+    p.add_argument("--at", metavar="SEQ|TIME",
+                   help="a seq (digits), or a time: ISO 8601 or @EPOCH seconds (default: now)")
+    _db_arg(p, "log file to read")
+
+
+@command("state", _state_args)
+def cmd_state(args: argparse.Namespace, config: Config) -> int:
+    """Print the TaskTracker state as JSON, now or as it was at a seq or a time.
+
+    Reads the log file directly (no daemon needed) and folds the prefix up to that point.
+
+    Example:
+        vlmd state --at 12000 nightly
+        vlmd state --at 2026-09-18T14:30:00
+    """
+    event_log = _log_file(args, config)
+    seq = None
+    if args.at:
+        try:
+            seq, when = replay.parse_at(args.at)
+        except ValueError:
+            raise CliError(f"--at {args.at!r}: expected a seq, @EPOCH or an ISO 8601 time"
+                           ) from None
+        if when is not None:
+            seq = replay.seq_at_time(event_log, when)
+    folded = replay.state_at(event_log, seq)
+    if args.run:
+        state = folded.find(args.run)
+        if state is None:
+            raise CliError(f"no run {args.run!r} in the log up to seq {folded.last_seq}")
+        out: dict[str, Any] = {**state.to_dict(), "summary": summarize(state)}
+    else:
+        out = {"last_seq": folded.last_seq, "runs": [s.to_dict() for s in folded.runs.values()]}
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run id or name")
+    p.add_argument("--format", choices=export.FORMATS, default="csv", help="(default: csv)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    _db_arg(p, "log file to read")
+
+
+@command("export", _export_args)
+def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    """Write a run's answers (the answers.csv rows) as CSV, JSON Lines or Parquet.
+
+    Parquet needs pyarrow (pip install pyarrow).
+
+    Example:
+        vlmd export nightly --format jsonl -o nightly.jsonl
+    """
+    event_log = _log_file(args, config)
+    buf = io.BytesIO()
+    try:
+        n = export.write(export.rows(event_log, _run_id(event_log, args.run)), args.format, buf)
+    except export.ExportError as e:
+        raise CliError(str(e)) from None
+    if args.output:
+        Path(args.output).write_bytes(buf.getvalue())
+    else:
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+    print(f"exported {n} rows as {args.format}", file=sys.stderr)
+    return 0
+
+
+def _datasette_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("db", nargs="?", metavar="DB", help="log file (default: log.path)")
+    p.add_argument("--port", type=int, help="port (default: datasette.port, 8471; 0 picks one)")
+
+
+@command("datasette", _datasette_args)
+def cmd_datasette(args: argparse.Namespace, config: Config) -> int:
+    """Browse an event log in Datasette, read-only, until Ctrl-C: the live log or an old copy.
+
+    Example:
+        vlmd datasette
+        vlmd datasette /backup/vlmd-2026-01.db --port 8472
+    """
+    db = Path(args.db or config.log.path)
+    if not db.is_file():
+        raise CliError(f"{db}: no such event log")
+    return datasette.run_foreground(db, config.datasette.port if args.port is None else args.port)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser: shared options on every subcommand."""
+    from vlmd.cli import cluster, run  # noqa: F401  (their commands register themselves)
+
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--config", metavar="PATH",
+                        help="vlmd.toml (default: $VLMD_CONFIG, else ./vlmd.toml, else defaults)")
+    top = argparse.ArgumentParser(prog="vlmd", description=__doc__)
+    subs = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (fn, setup) in COMMANDS.items():
+        doc = fn.__doc__ or ""
+        sub = subs.add_parser(name, parents=[shared], help=doc.splitlines()[0],
+                              description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        setup(sub)
+    return top
+
+
+def _one_line(text: str) -> str:
+    """`text` with control characters escaped (a file name may hold a newline)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``vlmd``: exit status 0 on success, 2 on a user mistake."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    args = parser().parse_args(argv)
+    try:
+        config = Config.load(args.config)
+        fn, _ = COMMANDS[args.command]
+        return fn(args, config)
+    except (ConfigError, CliError) as e:
+        print(f"vlmd {args.command}: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.DatabaseError, UnicodeError, OverflowError, httpx.InvalidURL) as e:
+        # a file or value the user named that cannot be used: say which, without a traceback
+        print(f"vlmd {args.command}: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,223 @@
+"""The commands that run evaluations: ``vlmd run``, ``vlmd demo``, ``vlmd report``, ``vlmd cancel``.
+
+They talk to the daemon the config names; when none answers, ``run`` and ``demo`` start an
+embedded one in the same process, which stops when they end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from vlmd.cli.follow import follow, report_table
+from vlmd.cli.main import CliError, command
+from vlmd.config import Config
+from vlmd.daemon.serve import serve
+from vlmd.launch.launcher import LocalLauncher
+
+DEMO_MODELS = ("demo:tiny", "demo:small")
+
+
+class Client:
+    """The daemon's HTTP API, with the token; errors become CliError with vlmd's message."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.http = httpx.AsyncClient(base_url=url, timeout=60,
+                                      headers={"authorization": f"Bearer {token}"})
+
+    async def call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = await self.http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise CliError(f"cannot reach vlmd at {self.url}: {e}") from None
+        if r.status_code >= 400:
+            try:
+                message = r.json().get("error", r.text)
+            except ValueError:
+                message = r.text
+            raise CliError(f"vlmd refused {method} {path} ({r.status_code}): {message}")
+        return r if path.endswith(".csv") else r.json()
+
+
+async def _answers(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=2) as c:
+            return (await c.get(f"{url}/healthz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@asynccontextmanager
+async def connect(config: Config) -> AsyncIterator[tuple[Client, bool]]:
+    """A client of the configured daemon, or of an embedded one started here (True)."""
+    if await _answers(config.url):
+        client = Client(config.url, config.resolve_token())
+        yield client, False
+        await client.http.aclose()
+        return
+    print(f"vlmd: no daemon at {config.url}; starting one here (log {config.log.path})",
+          file=sys.stderr)
+    async with trio.open_nursery() as nursery:
+        try:
+            daemon = await nursery.start(serve, config)
+        except OSError as e:
+            raise CliError(f"cannot start vlmd on {config.url}: {e}") from None
+        client = Client(daemon.url, daemon.token)
+        try:
+            yield client, True
+            launcher = daemon.launcher  # not on Ctrl-C: vlmd stops at once then
+            if isinstance(launcher, LocalLauncher) and (left := await launcher.stop_agents()):
+                print(f"vlmd: {left} agent(s) still running; their spools keep their events",
+                      file=sys.stderr)
+        finally:
+            await client.http.aclose()
+            daemon.shutdown.set()
+
+
+async def run_one(client: Client, body: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Submit a run, show its progress until it ends, save its answers.csv; returns its state."""
+    submitted = await client.call("POST", "/api/runs", json=body)
+    run = submitted["run"]
+    print(f"vlmd: run {run} submitted ({body['model']} on {body['dataset']}); "
+          f"dashboard: {client.url}/run.html?run={run}", file=sys.stderr)
+    await follow(client.url.replace("http", "ws", 1), run, 0)
+    state = await client.call("GET", f"/api/runs/{run}")
+    csv = await client.call("GET", f"/api/runs/{run}/answers.csv")
+    path = out_dir / f"{state['name'] or run}" / "answers.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(csv.content)
+    state["answers_csv"] = str(path)
+    return dict(state)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="openai:NAME@BASE_URL, hf:PATH or demo:NAME")
+    p.add_argument("--dataset", required=True, help="JSONL or VLMEvalKit TSV file")
+    p.add_argument("--name", help="a human name for the run")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items")
+    p.add_argument("--shards", type=int, default=1, help="agents to split the items over")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--on-hang", choices=("report", "restart"), default="report")
+    p.add_argument("--out", default="vlmd-out", help="folder for answers.csv (default vlmd-out)")
+
+
+@command("run", _run_args)
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    """Evaluate a model on a dataset, with a progress bar, then print the summary.
+
+    Example:
+        vlmd run --model demo:tiny --dataset demo.jsonl --name tiny-check --limit 50
+    """
+    body = {"model": args.model, "dataset": str(Path(args.dataset).resolve()),
+            "shards": args.shards, "max_new_tokens": args.max_new_tokens,
+            "on_hang": args.on_hang}
+    body.update({k: v for k, v in (("name", args.name), ("limit", args.limit)) if v is not None})
+
+    async def main() -> dict[str, Any]:
+        async with connect(config) as (client, _):
+            return await run_one(client, body, Path(args.out))
+
+    state = trio.run(main)
+    print(report_table([state]))
+    print(f"answers.csv: {state['answers_csv']}")
+    return 0 if state["status"] == "finished" else 1
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exit", action="store_true", help="end when the runs finish")
+    p.add_argument("--limit", type=int, help="items per model (default: all ~200)")
+    p.add_argument("--out", default="vlmd-out", help="folder for answers.csv (default vlmd-out)")
+
+
+@command("demo", _demo_args)
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    """Build the demo models and dataset (first use), run both, and keep the dashboard up.
+
+    Example:
+        vlmd demo --exit
+    """
+    from vlmd_agent.evaluate import demo_data
+
+    home = Path(os.environ.get("VLMD_HOME") or Path.home() / ".cache" / "vlmd").expanduser()
+    dataset = demo_data.build(home / "demo-data")
+
+    async def main() -> list[dict[str, Any]]:
+        async with connect(config) as (client, embedded):
+            states = []
+            for model in DEMO_MODELS:
+                body: dict[str, Any] = {"model": model, "dataset": str(dataset),
+                                        "name": model.replace(":", "-")}
+                if args.limit:
+                    body["limit"] = args.limit
+                states.append(await run_one(client, body, Path(args.out)))
+            print(report_table(states))
+            for state in states:
+                print(f"answers.csv ({state['model']}): {state['answers_csv']}")
+            if not args.exit:
+                print(f"dashboard: {client.url}/ (Ctrl-C to stop)", file=sys.stderr)
+                if embedded:
+                    await trio.sleep_forever()
+            return states
+
+    try:
+        states = trio.run(main)
+    except KeyboardInterrupt:
+        return 0
+    return 0 if all(s["status"] == "finished" for s in states) else 1
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run ids or names (default: all)")
+
+
+@command("report", _report_args)
+def cmd_report(args: argparse.Namespace, config: Config) -> int:
+    """Compare runs by accuracy and cost: TTFT p50/p99, TPOT p50, peak VRAM delta, items/s.
+
+    Example:
+        vlmd report nightly-7b nightly-13b
+    """
+    async def main() -> list[dict[str, Any]]:
+        client = Client(config.url, config.resolve_token())
+        runs = args.runs or [r["run"] for r in (await client.call("GET", "/api/runs"))["runs"]]
+        states = [await client.call("GET", f"/api/runs/{run}") for run in runs]
+        await client.http.aclose()
+        return states
+
+    states = trio.run(main)
+    if not states:
+        raise CliError("no runs yet; start one with `vlmd run` or `vlmd demo`")
+    print(report_table(states))
+    return 0
+
+
+def _cancel_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run id or name")
+
+
+@command("cancel", _cancel_args)
+def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
+    """Stop a run's agents cleanly and mark the run cancelled.
+
+    Example:
+        vlmd cancel nightly-7b
+    """
+    async def main() -> Any:
+        client = Client(config.url, config.resolve_token())
+        try:
+            return await client.call("POST", f"/api/runs/{args.run}/cancel")
+        finally:
+            await client.http.aclose()
+
+    result = trio.run(main)
+    print(f"run {result['run']} cancelled ({result['agents_stopped']} agents stopped)")
+    return 0

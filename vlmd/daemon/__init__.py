@@ -1,0 +1,1 @@
+"""`vlmd serve`: the nursery, systemd notification and the Datasette child."""

@@ -1,0 +1,158 @@
+"""Datasette over the event log, as a supervised child process (it is asyncio; vlmd is trio).
+
+`supervise` runs ``python -m datasette serve`` read-only against the live log (Datasette opens a
+mutable file with ``?mode=ro`` and never writes unless a plugin asks; ``--immutable`` would be
+wrong on a file that grows), restarts it when it dies and stops it with the daemon. The database
+is always named ``vlmd`` (a symlink gives it that name when the file is called otherwise; SQLite
+follows it, so the WAL is shared), so links are ``{url}/vlmd/events?run=RUN``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from vlmd.daemon.datasette_meta import DATABASE, metadata
+from vlmd.store.log import connect
+from vlmd.store.migrations import migrate
+from vlmd.store.views import VIEWS
+
+HOST = "127.0.0.1"
+SQL_TIME_LIMIT_MS = 5_000
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
+HEALTHY_AFTER_S = 60.0  # a child that ran this long restarts at once if it dies
+_CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+log = logging.getLogger("vlmd.daemon.datasette")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def has_views(db: Path) -> bool:
+    """Whether the log at `db` already holds every view (an old copy may not)."""
+    conn = connect(db, readonly=True)
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
+    finally:
+        conn.close()
+    return set(VIEWS) <= names
+
+
+def command(db: Path, port: int, metadata_file: Path, *, immutable: bool = False) -> list[str]:
+    """The Datasette command line for `db` (which must be named ``vlmd.db``)."""
+    return [sys.executable, "-m", "datasette", "serve", *(["-i"] if immutable else []), str(db),
+            "--host", HOST, "--port", str(port), "--metadata", str(metadata_file),
+            "--setting", "sql_time_limit_ms", str(SQL_TIME_LIMIT_MS)]
+
+
+def child_env() -> dict[str, str]:
+    """The environment for the child: ours without systemd's notify and socket variables."""
+    return {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
+
+
+@contextmanager
+def prepared(db: str | Path, *, snapshot: bool = False) -> Iterator[tuple[Path, Path]]:
+    """A folder holding ``vlmd.db`` (a link to `db`, or with `snapshot` a migrated copy of it)
+    and ``metadata.json``; yields their paths and removes the folder afterwards."""
+    source = Path(db).resolve()
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such event log")
+    with tempfile.TemporaryDirectory(prefix="vlmd-datasette-") as folder:
+        target = Path(folder) / f"{DATABASE}.db"
+        if snapshot:
+            src, dst = connect(source, readonly=True), sqlite3.connect(target)
+            try:
+                src.backup(dst)
+                dst.isolation_level = None
+                migrate(dst)
+            finally:
+                src.close()
+                dst.close()
+        else:
+            target.symlink_to(source)
+        meta = Path(folder) / "metadata.json"
+        meta.write_text(json.dumps(metadata(), indent=1))
+        yield target, meta
+
+
+async def supervise(db: str | Path, port: int, *,
+                    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run Datasette over the live log `db` on `port` (0: a free one) until cancelled.
+
+    Calls ``task_status.started(url)`` once the first child is spawned (it answers a second or
+    two later), or with ``""`` when Datasette is not installed. A child that exits is
+    restarted, with a growing pause if it keeps dying early.
+    Errors: none raised for the child's failures (they are logged); FileNotFoundError if `db`
+    does not exist. Resources: one child process and a temporary folder, both gone on return.
+    """
+    if importlib.util.find_spec("datasette") is None:
+        log.error("Datasette is not installed (pip install datasette); not starting it")
+        task_status.started("")
+        return
+    port = port or free_port()
+    url = f"http://{HOST}:{port}"
+    pause = RESTART_MIN_S
+    with prepared(db) as (target, meta):
+        task_status.started(url)
+        while True:
+            began = trio.current_time()
+            log.info("starting Datasette at %s/%s", url, DATABASE)
+            done = await trio.run_process(command(target, port, meta), check=False,
+                                          stdout=subprocess.DEVNULL, env=child_env())
+            if trio.current_time() - began >= HEALTHY_AFTER_S:
+                pause = RESTART_MIN_S
+            log.warning("Datasette exited with status %s; restarting in %.1f s",
+                        done.returncode, pause)
+            await trio.sleep(pause)
+            pause = min(pause * 2, RESTART_MAX_S)
+
+
+def run_foreground(db: str | Path, port: int) -> int:
+    """`vlmd datasette`: serve any log (the live one, or an old copy) until Ctrl-C.
+
+    A log that predates the views is served from a migrated snapshot, so the file itself is
+    never written.
+    """
+    snapshot = not has_views(Path(db))
+    port = port or free_port()
+    with prepared(db, snapshot=snapshot) as (target, meta):
+        if snapshot:
+            print(f"{db} predates the SQL views: serving a migrated snapshot of it", flush=True)
+        print(f"Datasette: http://{HOST}:{port}/{DATABASE}", flush=True)
+        child = subprocess.Popen(command(target, port, meta, immutable=snapshot))
+        stopped: list[int] = []
+
+        def forward(signum: int, _: object) -> None:
+            stopped.append(signum)
+            child.send_signal(signum)
+
+        previous = signal.signal(signal.SIGTERM, forward)
+        try:
+            code = child.wait()
+            return 0 if stopped else 128 - code if code < 0 else code
+        except KeyboardInterrupt:  # the child, in our process group, got the Ctrl-C too
+            child.wait()
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if child.poll() is None:
+                child.terminate()
+                child.wait(10)

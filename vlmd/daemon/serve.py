@@ -1,0 +1,159 @@
+"""serve(): the vlmd daemon, one trio nursery running the log, projections, feed and API.
+
+Example::
+
+    async with trio.open_nursery() as nursery:
+        daemon = await nursery.start(serve, Config().replace(server={"port": 0}))
+        print(daemon.url)
+        daemon.shutdown.set()   # graceful stop
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from vlmd.config import Config, ConfigError
+from vlmd.daemon import datasette, notify
+from vlmd.launch import slurm
+from vlmd.launch.launcher import LocalLauncher
+from vlmd.launch.slurm import SlurmLauncher
+from vlmd.live import liveness
+from vlmd.live.feed import Feed
+from vlmd.live.state import Live, WriteRefused
+from vlmd.store.log import Appended, EventLog
+from vlmd.web.api import build_app
+
+log = logging.getLogger("vlmd")
+RETRY_WRITE_S = 1.0
+
+
+@dataclass
+class Daemon:
+    """A running daemon: where it listens, its live state, and the event that stops it."""
+
+    url: str
+    live: Live
+    token: str
+    shutdown: trio.Event = field(default_factory=trio.Event)
+    launcher: LocalLauncher | SlurmLauncher | None = None
+
+
+def _hypercorn_config(config: Config) -> hypercorn.config.Config:
+    hc = hypercorn.config.Config()
+    host = config.server.host
+    hc.bind = [f"[{host}]:{config.server.port}" if ":" in host else f"{host}:{config.server.port}"]
+    hc.graceful_timeout = config.server.graceful_s
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("vlmd.http")
+    hc.websocket_max_message_size = 1 << 20
+    hc.h11_max_incomplete_size = 64 * 1024
+    return hc
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps vlmd reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every address)
+
+
+def warn_if_exposed(config: Config) -> bool:
+    """Log a WARNING when vlmd binds beyond loopback with only the auto-created token file
+    (nobody chose a token: anyone who can read the state directory can write). True if so."""
+    explicit = bool(os.environ.get("VLMD_TOKEN") or config.server.token)
+    if is_loopback(config.server.host) or explicit:
+        return False
+    log.warning("binding %s (not loopback) with only the token file %s: set server.token or "
+                "$VLMD_TOKEN, and consider server.read_token = true", config.server.host,
+                config.state_dir / "vlmd.token")
+    return True
+
+
+def _retrying(live: Live) -> Any:
+    """`live.append` for vlmd's own events (agent lost, agent exited): while the log refuses
+    writes (disk full), wait and try again, as agents' outboxes do, instead of losing them."""
+    async def append(events: Sequence[dict[str, Any]]) -> Appended:
+        while True:
+            try:
+                return await live.append(events)
+            except WriteRefused:
+                await trio.sleep(RETRY_WRITE_S)
+    return append
+
+
+async def _launcher(config: Config, token: str, live: Live) -> LocalLauncher | SlurmLauncher:
+    """The launcher ``[launcher] kind`` names; a Slurm one takes over the log's live jobs."""
+    kind = config.launcher.kind
+    if kind == "local":
+        return LocalLauncher(config, config.url, token, _retrying(live))
+    if kind != "slurm":
+        raise ConfigError(f"{config.source}: [launcher] kind must be local or slurm, not {kind!r}")
+    launcher = SlurmLauncher(config, config.url, token, _retrying(live))
+    launcher.adopt(await trio.to_thread.run_sync(
+        lambda: list(live.log.read(kinds=slurm.ADOPT_KINDS, until=live.head))))
+    return launcher
+
+
+async def serve(config: Config, *, shutdown: trio.Event | None = None,
+                task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run vlmd until `shutdown` is set, then stop gracefully.
+
+    Calls ``task_status.started(Daemon)`` once it accepts connections.
+
+    Errors: OSError if the address is taken; sqlite3.Error if the log cannot be opened.
+    Resources: the log file (WAL), one listening socket; on return the log is closed and every
+    feed client has been told to reconnect.
+    """
+    event_log = await trio.to_thread.run_sync(
+        partial(EventLog.open, config.log.path, synchronous=config.log.synchronous))
+    try:
+        live = Live(event_log, Feed(config.server.feed_buffer))
+        live.liveness = liveness.Liveness(config.watchdog.heartbeat_s)
+        await live.rebuild()
+        token = config.resolve_token()
+        warn_if_exposed(config)
+        launcher = await _launcher(config, token, live)
+        app = build_app(live, token, max_body=int(config.server.max_body_mb * 1024 * 1024),
+                        launcher=launcher, read_token=config.server.read_token)
+        shutdown = trio.Event() if shutdown is None else shutdown
+        async with trio.open_nursery() as nursery:
+            asgi: Any = app  # Starlette is an ASGI app; hypercorn's own type is narrower
+            binds = await nursery.start(partial(hypercorn.trio.serve, asgi,
+                                                _hypercorn_config(config),
+                                                shutdown_trigger=shutdown.wait))
+            url = binds[0].replace("0.0.0.0", "127.0.0.1")
+            launcher.url = url
+            async with trio.open_nursery() as services:
+                await services.start(launcher.run)
+                await services.start(liveness.watch, live.liveness, _retrying(live))
+                if config.datasette.enabled:
+                    live.datasette_url = await services.start(
+                        datasette.supervise, config.log.path, config.datasette.port) or None
+                await services.start(notify.keep_alive, live)
+                log.info("listening on %s (log %s: %d events, %d runs)", url, event_log.path,
+                         live.head, len(live.tracker.runs))
+                task_status.started(Daemon(url, live, token, shutdown, launcher))
+                notify.notify(f"READY=1\nSTATUS={notify.status_line(live, 0.0)}")
+                await shutdown.wait()
+                notify.notify("STOPPING=1")
+                log.info("stopping: finishing in-flight requests")
+                live.release_feed()
+                live.feed.close()
+                live.replays.close()
+                services.cancel_scope.cancel()
+    finally:
+        event_log.close()
+    log.info("stopped; the log is closed cleanly at seq %d", live.head)

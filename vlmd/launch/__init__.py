@@ -1,0 +1,1 @@
+"""Starting a run's agents: locally, through Slurm, or described for Kubernetes."""

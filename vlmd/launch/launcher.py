@@ -1,0 +1,200 @@
+"""Launchers: how vlmd starts the agents of a submitted run, supervises and cancels them.
+
+`LocalLauncher` runs one ``vlmd-agent`` subprocess per shard on this host. An agent that dies
+abnormally (a signal, or an exit status other than 0 = shard finished and 1 = shard failed) is
+started again, up to `MAX_RESTARTS` times; the new agent resumes from the first item not
+completed. Agents are not stopped when vlmd stops: they keep their events in their outboxes
+and deliver them when vlmd is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+import vlmd_agent.wire as wire
+from vlmd.config import Config
+
+log = logging.getLogger("vlmd.launch.launcher")
+
+MAX_RESTARTS = 5
+RESTART_DELAY_S = 1.0
+STOP_GRACE_S = 15.0
+Append = Callable[[list[dict[str, Any]]], Awaitable[object]]
+
+
+class LaunchError(RuntimeError):
+    """A launcher could not start or stop a run's agents; the message says why."""
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One submitted run, as the agents need it."""
+
+    run: str
+    model: str
+    dataset: str
+    shards: int = 1
+    limit: int | None = None
+    max_new_tokens: int = 32
+    device: str = "auto"
+    on_hang: str = "report"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_submitted(cls, run: str, body: dict[str, Any]) -> LaunchSpec:
+        """The spec a ``run.submitted`` body recorded (to resubmit shards of an old run)."""
+        cfg = body.get("config") or {}
+        return cls(run=run, model=body["model"], dataset=body["dataset"],
+                   shards=body.get("shards") or 1, limit=cfg.get("limit"),
+                   max_new_tokens=cfg.get("max_new_tokens") or 32,
+                   device=cfg.get("device") or "auto", on_hang=cfg.get("on_hang") or "report",
+                   options={"name": body["name"]} if body.get("name") else {})
+
+    def agent_args(self, url: str, shard: int, config: Config) -> list[str]:
+        """The ``vlmd-agent`` arguments of one shard (the token travels in the environment)."""
+        w = config.watchdog
+        args = ["--url", url, "--run", self.run, "--model", self.model,
+                "--dataset", self.dataset, "--max-new-tokens", str(self.max_new_tokens),
+                "--device", self.device, "--on-hang", self.on_hang,
+                "--interval-s", str(w.interval_s), "--heartbeat-s", str(w.heartbeat_s),
+                "--hang-after-s", str(w.hang_after_s)]
+        if self.shards > 1:
+            args += ["--shard", f"{shard}/{self.shards}"]
+        if self.limit is not None:
+            args += ["--limit", str(self.limit)]
+        return args
+
+
+class Launcher(Protocol):
+    """Starts a run's agents and stops them; `run` is the long-lived supervising task."""
+
+    kind: str
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    async def launch(self, spec: LaunchSpec) -> None: ...
+
+    async def cancel(self, run: str) -> int: ...
+
+    async def resume(self, spec: LaunchSpec, shards: list[int]) -> list[int]:
+        """Start `shards` again (those not running now); returns the ones started."""
+        ...
+
+
+class LocalLauncher:
+    """Agents as local subprocesses, one per shard, logging to ``STATE/agents/RUN-I.log``."""
+
+    kind = "local"
+
+    def __init__(self, config: Config, url: str, token: str, append: Append) -> None:
+        self.config, self.url, self.token, self.append = config, url, token, append
+        self.logs = config.state_dir / "agents"
+        self.procs: dict[tuple[str, int], trio.Process] = {}
+        self.cancelled: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Hold the nursery the supervisors live in until vlmd stops."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def launch(self, spec: LaunchSpec) -> None:
+        """Start one supervised agent per shard."""
+        assert self._nursery is not None, "LocalLauncher.run must be started first"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for shard in range(spec.shards):
+            self._nursery.start_soon(self._supervise, spec, shard)
+
+    async def cancel(self, run: str) -> int:
+        """SIGTERM the run's agents (each stops its wrapper and flushes); returns how many."""
+        self.cancelled.add(run)
+        procs = [p for (r, _), p in self.procs.items() if r == run and p.returncode is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        return len(procs)
+
+    async def stop_agents(self, grace_s: float = 30.0, term_s: float = 10.0) -> int:
+        """Wait up to `grace_s` for the agents to end on their own (an agent whose run ended
+        exits once vlmd has its last events), then SIGTERM those left (each flushes and stops)
+        and wait up to `term_s` more; returns how many still run. For an embedded vlmd, before
+        it stops: a daemon that stops first leaves them retrying with nobody to answer."""
+        for wait_s, then_stop in ((grace_s, True), (term_s, False)):
+            with trio.move_on_after(wait_s):
+                while self.procs:
+                    await trio.sleep(0.1)
+            if not self.procs:
+                return 0
+            if then_stop:
+                for run in {r for r, _ in self.procs}:
+                    log.info("run %s: its agents have not exited; stopping them", run)
+                    await self.cancel(run)
+        return len(self.procs)
+
+    async def resume(self, spec: LaunchSpec, shards: list[int]) -> list[int]:
+        """Start agents again for `shards` that have none running; they skip completed items."""
+        assert self._nursery is not None, "LocalLauncher.run must be started first"
+        if spec.run in self.cancelled and any(r == spec.run for r, _ in self.procs):
+            return []  # its cancelled agents are still stopping; once they have, all restart
+        self.cancelled.discard(spec.run)
+        todo = [i for i in shards if (spec.run, i) not in self.procs]
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if todo:
+            await self.append([wire.envelope(spec.run, "run.scheduled", {
+                "scheduler": "local", "job": "local", "shards": todo, "of": spec.shards,
+                "resume": True})])
+        for shard in todo:
+            self._nursery.start_soon(self._supervise, spec, shard)
+        return todo
+
+    async def _supervise(self, spec: LaunchSpec, shard: int) -> None:
+        shard_text = f"{shard}/{spec.shards}"
+        for attempt in range(MAX_RESTARTS + 1):
+            code = await self._run_agent(spec, shard)
+            if spec.run in self.cancelled or code in (0, 1):
+                return
+            why = (f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
+            then = "restarting" if attempt < MAX_RESTARTS else "giving up"
+            body: dict[str, Any] = {"message": f"agent for shard {shard_text} died ({why}); {then}",
+                                    "shard": shard_text}
+            body.update({"signal": -code} if code < 0 else {"exit_code": code})
+            events = [wire.envelope(spec.run, "alert.agent_exited", body)]
+            if attempt == MAX_RESTARTS:
+                events.append(wire.envelope(spec.run, "run.failed", {
+                    "reason": f"agent for shard {shard_text} died {attempt + 1} times ({why})",
+                    "shard": shard_text}))
+            log.warning("run %s: %s", spec.run, body["message"])
+            await self.append(events)
+            await trio.sleep(RESTART_DELAY_S)
+
+    async def _run_agent(self, spec: LaunchSpec, shard: int) -> int:
+        cmd = [sys.executable, "-m", "vlmd_agent", *spec.agent_args(self.url, shard, self.config)]
+        env = {**os.environ, "VLMD_TOKEN": self.token}
+        logfile = self.logs / f"{spec.run}-{shard}.log"
+        with logfile.open("ab") as out:
+            proc = await trio.lowlevel.open_process(cmd, env=env, stdout=out, stderr=out,
+                                                    stdin=subprocess.DEVNULL)
+        self.procs[(spec.run, shard)] = proc
+        log.info("run %s: agent for shard %d/%d started (pid %d, log %s)", spec.run, shard,
+                 spec.shards, proc.pid, logfile)
+        try:
+            return await proc.wait()
+        finally:
+            self.procs.pop((spec.run, shard), None)
+
+
+def agent_log(config: Config, run: str, shard: int = 0) -> Path:
+    """Where the local launcher writes an agent's output."""
+    return config.state_dir / "agents" / f"{run}-{shard}.log"

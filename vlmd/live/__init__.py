@@ -1,0 +1,1 @@
+"""The daemon's live state: the fold kept current, the feed, liveness and replay."""

@@ -1,0 +1,66 @@
+"""`vlmd export`: a run's answers (the answers.csv rows) as CSV, JSON Lines or Parquet.
+
+Parquet needs pyarrow, which vlmd does not depend on (it is large); without it the export fails
+with `ExportError` saying what to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from typing import Any, BinaryIO
+
+import orjson
+
+from vlmd.projections import answers
+from vlmd.store.log import EventLog
+
+FORMATS = ("csv", "jsonl", "parquet")
+_INTS = ("input_tokens", "output_tokens")
+_FLOATS = ("score", "ttft_ms", "tpot_ms", "e2e_ms", "vram_before_mb", "vram_peak_delta_mb")
+
+
+class ExportError(Exception):
+    """An export that cannot be made; the message says why and what to do."""
+
+
+def rows(log: EventLog, run: str) -> list[answers.Row]:
+    """The answers.csv rows of `run`, in first-appearance order."""
+    return list(answers.fold(log.read(run=run, kinds=answers.ITEM_KINDS)).values())
+
+
+def write(rows_: Iterable[answers.Row], fmt: str, out: BinaryIO) -> int:
+    """Write the rows to `out` in `fmt`; returns how many rows were written."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    listed = list(rows_)
+    if fmt == "csv":
+        for chunk in answers.csv_chunks(listed):
+            out.write(chunk.encode())
+    elif fmt == "jsonl":
+        for row in listed:
+            out.write(orjson.dumps({c: row.get(c) for c in answers.COLUMNS}) + b"\n")
+    else:
+        _parquet(listed, out)
+    return len(listed)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()  # a list of accepted answers, as answers.csv writes it
+
+
+def _parquet(listed: list[answers.Row], out: BinaryIO) -> None:
+    try:
+        pa = importlib.import_module("pyarrow")
+        pq = importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        raise ExportError("parquet export needs pyarrow, which is not installed: "
+                          "pip install pyarrow (or use --format csv or jsonl)") from None
+    types = {c: pa.int64() if c in _INTS else pa.float64() if c in _FLOATS else pa.string()
+             for c in answers.COLUMNS}
+    columns = {c: [row.get(c) if c in _INTS or c in _FLOATS else _text(row.get(c))
+                   for row in listed] for c in answers.COLUMNS}
+    schema = pa.schema([(c, types[c]) for c in answers.COLUMNS])
+    pq.write_table(pa.table(columns, schema=schema), out)

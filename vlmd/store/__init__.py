@@ -1,0 +1,1 @@
+"""The event log: the SQLite file, its ordered migrations and its SQL views."""

@@ -1,0 +1,459 @@
+"""The HTTP and WebSocket API: `build_app` returns the Starlette app the daemon serves.
+
+Writes need ``Authorization: Bearer <token>``; reads are open (vlmd binds loopback by default)
+unless ``server.read_token`` puts them behind the same token (the dashboard's static files stay
+public; WebSockets may pass it as ``?token=``, as browsers cannot set their headers).
+Every user mistake is a 4xx with a JSON ``{"error": ...}`` that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from vlmd.launch import submit
+from vlmd.launch.launcher import Launcher, LaunchError, LaunchSpec
+from vlmd.live import wsframes
+from vlmd.live.feed import Frame, Subscription, encode
+from vlmd.live.replay import Replays
+from vlmd.live.state import Live, WriteRefused
+from vlmd.projections import answers
+from vlmd.projections.summary import summarize
+from vlmd.projections.tracker import RunState
+from vlmd.store.log import dumps_events
+from vlmd.web import images
+from vlmd.web.metrics import route as metrics_route
+from vlmd_agent import wire
+
+UI_DIR = Path(__file__).parent / "ui"
+BACKLOG_FRAME = 1_000
+MAX_ERRORS_SHOWN = 20
+MAX_SEQ = 2**63 - 1  # SQLite's largest integer
+MAX_KINDS = 64  # kind filters per request (each is an SQL clause)
+DRAIN_FACTOR = 4  # bodies up to this many times the cap are read (and dropped) before a 413
+WS_TRY_AGAIN = 1013  # "Try Again Later": the client was too slow; reconnect with after=
+WS_GOING_AWAY = 1001
+WS_POLICY = 1008
+
+
+class ApiError(Exception):
+    """A request vlmd refuses: the status and a message for the person who sent it."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json")
+
+
+class _FeedAfter(Response):
+    """`_json(data)` for a POST of events whose feed frames `Live.append` held: they are
+    published once the answer is sent (or failed to be), so the client's next POST overlaps
+    the sends."""
+
+    def __init__(self, live: Live, data: Any) -> None:
+        super().__init__(orjson.dumps(data), media_type="application/json")
+        self.live = live
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.live.release_feed()
+
+
+def _error(exc: ApiError) -> Response:
+    return _json({"error": exc.message, **exc.extra}, exc.status)
+
+
+class Api:
+    """The request handlers, over one `Live` state."""
+
+    def __init__(self, live: Live, token: str, max_body: int, *, read_token: bool = False
+                 ) -> None:
+        self.live = live
+        self.token = token.encode()
+        self.max_body = max_body
+        self.read_token = read_token
+        self._summaries: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.launcher: Launcher | None = None
+
+    def authorize(self, conn: HTTPConnection, *, query: bool = False) -> None:
+        """Raise 401 unless `conn` carries the token (compared in constant time): in the
+        ``Authorization: Bearer`` header, or with `query` also as ``?token=`` (WebSockets)."""
+        header = conn.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""
+        if not given and query:
+            given = conn.query_params.get("token", "")
+        if not given:
+            raise ApiError(401, "missing token: send 'Authorization: Bearer <token>'"
+                           + (" or ?token=" if query else ""))
+        if not hmac.compare_digest(given.encode(), self.token):
+            raise ApiError(401, "wrong token")
+
+    def authorize_read(self, conn: HTTPConnection, *, query: bool = False) -> None:
+        """`authorize` when ``server.read_token`` is on; reads are open otherwise."""
+        if self.read_token:
+            self.authorize(conn, query=query)
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, at most `max_body` bytes (else 413).
+
+        A body up to `DRAIN_FACTOR` times the cap is read to its end and dropped before the
+        413, so the client sees the answer (an agent then halves its batch) instead of a reset
+        connection; a bigger one is cut off at once.
+        """
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not (length.isascii() and length.isdigit()):
+                raise ApiError(400, f"bad Content-Length {length[:40]!r}")
+            if int(length) > DRAIN_FACTOR * self.max_body:
+                raise ApiError(413, f"request body of {length} bytes is over the "
+                                    f"{self.max_body}-byte limit; send smaller batches")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= self.max_body:
+                chunks.append(chunk)
+            elif size > DRAIN_FACTOR * self.max_body:
+                break
+        if size > self.max_body:
+            raise ApiError(413, f"request body is over the {self.max_body}-byte limit; "
+                                "send smaller batches")
+        return b"".join(chunks)
+
+    def run_state(self, run: str) -> RunState:
+        state = self.live.tracker.find(run)
+        if state is None:
+            raise ApiError(404, f"no run {run[:200]!r} (neither an id nor a name in the log)")
+        return state
+
+    def summary(self, state: RunState) -> dict[str, Any]:
+        cached = self._summaries.get(state.run)
+        if cached is None or cached[0] != state.last_seq:
+            cached = self._summaries[state.run] = (state.last_seq, summarize(state))
+        return cached[1]
+
+    async def post_events(self, request: Request) -> Response:
+        self.authorize(request)
+        raw = await self.read_body(request)
+        try:
+            batch = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise ApiError(400, f"body is not valid JSON: {e}") from None
+        if type(batch) is dict:
+            batch = [batch]
+        errors = wire.validate(batch)
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise ApiError(422, f"{errors[0]}{more}; nothing was appended", errors=[
+                {"index": e.index, "field": e.field, "message": e.message}
+                for e in errors[:MAX_ERRORS_SHOWN]])
+        done = await self.live.append(batch, hold_feed=True)
+        return _FeedAfter(self.live, {"appended": len(done.events), "duplicates": done.duplicates,
+                                      "last_seq": done.last_seq})
+
+    async def submit_run(self, request: Request) -> Response:
+        self.authorize(request)
+        if self.launcher is None:
+            raise ApiError(503, "this vlmd has no launcher; start agents yourself")
+        try:
+            spec = submit.parse(orjson.loads(await self.read_body(request)))
+        except orjson.JSONDecodeError as e:
+            raise ApiError(400, f"body is not valid JSON: {e}") from None
+        except submit.SubmitError as e:
+            raise ApiError(422, str(e)) from None
+        except (OSError, RuntimeError) as e:  # a path too long, "~nobody" (no such home)
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            raise ApiError(422, f"dataset: cannot use that path ({why})") from None
+        name = spec.options.get("name")
+        event = submit.submitted_event(spec)
+        event["body"]["config"]["launcher"] = self.launcher.kind
+        await self.live.append([event])
+        await self.launcher.launch(spec)
+        return _json({"run": spec.run, "name": name, "status": "submitted",
+                      "shards": spec.shards, "head": self.live.head}, 201)
+
+    async def cancel_run(self, request: Request) -> Response:
+        self.authorize(request)
+        state = self.run_state(request.path_params["run"])
+        if state.status in ("finished", "failed", "cancelled"):
+            raise ApiError(409, f"run {state.run} is already {state.status}")
+        try:
+            stopped = await self.launcher.cancel(state.run) if self.launcher else 0
+        except LaunchError as e:
+            raise ApiError(502, f"cannot stop the run's agents: {e}") from None
+        # a fresh key: a run resumed after a cancel can be cancelled again
+        await self.live.append([wire.envelope(state.run, "run.cancelled",
+                                              {"reason": "cancelled by the user"})])
+        return _json({"run": state.run, "status": "cancelled", "agents_stopped": stopped})
+
+    async def resume_run(self, request: Request) -> Response:
+        """Start the shards of a run that did not finish again; they skip completed items."""
+        self.authorize(request)
+        state = self.run_state(request.path_params["run"])
+        if self.launcher is None:
+            raise ApiError(503, "this vlmd has no launcher; start agents yourself")
+        log = self.live.log
+        submitted = await trio.to_thread.run_sync(
+            lambda: next(log.read(run=state.run, kinds=["run.submitted"], limit=1), None))
+        if submitted is None:
+            raise ApiError(409, f"run {state.run} was not submitted through vlmd; "
+                                "restart its agents where they ran")
+        spec = LaunchSpec.from_submitted(state.run, submitted.body)
+        todo = [i for i in range(spec.shards)
+                if state.shards.get(f"{i}/{spec.shards}") != "finished"]
+        if not todo:
+            raise ApiError(409, f"run {state.run}: every shard has finished")
+        try:
+            started = await self.launcher.resume(spec, todo)
+        except LaunchError as e:
+            raise ApiError(502, f"cannot resume run {state.run}: {e}") from None
+        if not started:
+            raise ApiError(409, f"run {state.run}: its unfinished shards are still running")
+        return _json({"run": state.run, "status": "resumed",
+                      "shards": [f"{i}/{spec.shards}" for i in started], "head": self.live.head})
+
+    async def list_runs(self, request: Request) -> Response:
+        runs = []
+        for state in self.live.tracker.runs.values():
+            row = state.to_dict()
+            row["accuracy"] = self.summary(state)["accuracy"]
+            runs.append(row)
+        return _json({"last_seq": self.live.head, "runs": runs})
+
+    async def get_run(self, request: Request) -> Response:
+        state = self.run_state(request.path_params["run"])
+        return _json({**state.to_dict(), "summary": self.summary(state),
+                      "head": self.live.head})
+
+    async def item_image(self, request: Request) -> Response:
+        state = self.run_state(request.path_params["run"])
+        try:
+            data, mime = await trio.to_thread.run_sync(
+                images.item_image, state.dataset, request.path_params["item"])
+        except images.ImageNotFound as e:
+            raise ApiError(404, str(e)) from None
+        return Response(data, media_type=mime, headers={"cache-control": "max-age=3600"})
+
+    async def run_items(self, request: Request) -> Response:
+        state = self.run_state(request.path_params["run"])
+        status = request.query_params.get("status", "all")
+        wanted = {"completed": (True,), "failed": (False,), "all": (True, False)}.get(status)
+        if wanted is None:
+            raise ApiError(400, f"status must be completed, failed or all, not {status[:40]!r}")
+        return _json({"run": state.run, "status": status,
+                      "items": [i for i, r in state.items.items() if r.ok in wanted]})
+
+    async def answers_csv(self, request: Request) -> Response:
+        state = self.run_state(request.path_params["run"])
+        log = self.live.log
+
+        def rows() -> list[answers.Row]:
+            return list(answers.fold(log.read(run=state.run, kinds=answers.ITEM_KINDS)).values())
+
+        folded = await trio.to_thread.run_sync(rows)
+        return StreamingResponse(answers.csv_chunks(folded), media_type="text/csv; charset=utf-8",
+                                 headers={"content-disposition":
+                                          f'attachment; filename="{state.run}-answers.csv"'})
+
+    async def list_events(self, request: Request) -> Response:
+        q = request.query_params
+        try:
+            after = int(q.get("after", "0"))
+            limit = min(int(q.get("limit", "10000")), 100_000)
+        except ValueError:
+            raise ApiError(400, "after and limit must be integers") from None
+        if not 0 <= after <= MAX_SEQ or limit < 1:
+            raise ApiError(400, f"after must be from 0 to {MAX_SEQ} and limit >= 1")
+        run = q.get("run") or None
+        if run is not None:
+            found = self.live.tracker.find(run)
+            run = found.run if found else run
+        kinds = q.getlist("kind") or None
+        if kinds is not None and len(kinds) > MAX_KINDS:
+            raise ApiError(400, f"at most {MAX_KINDS} kind filters, not {len(kinds)}")
+        log = self.live.log
+
+        def read() -> bytes:
+            events = log.read(after=after, run=run, kinds=kinds, limit=limit, until=self.live.head)
+            return dumps_events(events)
+
+        return Response(await trio.to_thread.run_sync(read), media_type="application/json")
+
+    async def healthz(self, request: Request) -> Response:
+        """Open to all (probes, `vlmd run`); with ``read_token`` the details need the token.
+        ``ok`` is false while the log refuses writes, and ``write_error`` says why."""
+        health = {"ok": self.live.write_error is None, "write_error": self.live.write_error}
+        try:
+            self.authorize_read(request)
+        except ApiError:
+            return _json(health)
+        return _json({**health, "last_seq": self.live.head,
+                      "runs": len(self.live.tracker.runs),
+                      "feed_clients": len(self.live.feed.subscribers),
+                      "datasette_url": self.live.datasette_url,
+                      "uptime_s": time.time() - self.live.started_at})
+
+    async def feed(self, ws: WebSocket) -> None:
+        await ws.accept()
+        after_text = ws.query_params.get("after")
+        run = ws.query_params.get("run") or None
+        if after_text is not None and not (after_text.isascii() and after_text.isdigit()):
+            await ws.close(WS_POLICY, _reason(f"after must be a non-negative integer, "
+                                              f"not {after_text[:40]!r}"))
+            return
+        kinds = ws.query_params.getlist("kind") or None
+        if kinds is not None and len(kinds) > MAX_KINDS:
+            await ws.close(WS_POLICY, _reason(f"at most {MAX_KINDS} kind filters, "
+                                              f"not {len(kinds)}"))
+            return
+        if run is not None:
+            found = self.live.tracker.find(run)
+            run = found.run if found else run
+        sub = self.live.subscribe(
+            run, kinds, wsframes.negotiated(ws.headers.get("sec-websocket-extensions")))
+        after = sub.head if after_text is None else int(after_text)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_wait_disconnect, ws, nursery.cancel_scope)
+                await self._stream(ws, sub, after)
+                nursery.cancel_scope.cancel()
+        except* WebSocketDisconnect:
+            pass
+        finally:
+            self.live.feed.unsubscribe(sub)
+
+    async def _stream(self, ws: WebSocket, sub: Subscription, after: int) -> None:
+        """The backlog after `after` up to the subscription's head, then live frames; no gap and
+        no duplicate at the seam, because the subscription only holds frames past its head."""
+        last = after
+        async for frame in self._backlog(sub, after):
+            await ws.send_text(frame.text)
+            last = frame.last_seq
+        last = max(last, sub.head)
+        async for frame in sub.receive:
+            if frame.last_seq <= last:
+                continue
+            await ws.send_text(frame.text)
+            last = frame.last_seq
+        if sub.dropped:
+            await ws.close(WS_TRY_AGAIN, f"too slow; reconnect with after={last}")
+        else:
+            await ws.close(WS_GOING_AWAY, f"vlmd is stopping; reconnect with after={last}")
+
+    async def _backlog(self, sub: Subscription, after: int) -> AsyncIterator[Frame]:
+        if after >= sub.head:
+            return
+        stream = self.live.log.read(after=after, until=sub.head, run=sub.run, kinds=sub.kinds)
+
+        def chunk() -> Frame | None:  # off the trio thread: the read, and the compression
+            events = list(itertools.islice(stream, BACKLOG_FRAME))
+            if not events:
+                return None
+            frame = encode(events)
+            if sub.deflate != wsframes.PLAIN:
+                wsframes.build([(frame.text, sub.deflate)])
+            return frame
+
+        while (frame := await trio.to_thread.run_sync(chunk)) is not None:
+            yield frame
+
+
+def _reason(text: str) -> str:
+    """`text` cut to the 123 bytes of UTF-8 a WebSocket close reason may hold."""
+    return text.encode()[:123].decode(errors="ignore")
+
+
+async def _wait_disconnect(ws: WebSocket, scope: trio.CancelScope) -> None:
+    while (await ws.receive())["type"] != "websocket.disconnect":
+        pass
+    scope.cancel()
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+WsHandler = Callable[[WebSocket], Awaitable[None]]
+
+
+def _guard(handler: Handler) -> Handler:
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as e:
+            return _error(e)
+        except WriteRefused as e:
+            return _error(ApiError(e.status, f"{e.message}; nothing was appended"))
+    return guarded
+
+
+def _reads(api: Api, handler: Handler, *, query: bool = False) -> Handler:
+    """`handler` behind `Api.authorize_read`, guarded; `query` also takes ``?token=`` (for
+    links a browser follows without headers: answers.csv, item images)."""
+    async def checked(request: Request) -> Response:
+        api.authorize_read(request, query=query)
+        return await handler(request)
+    return _guard(checked)
+
+
+def _ws_reads(api: Api, handler: WsHandler) -> WsHandler:
+    """A WebSocket `handler` behind `Api.authorize_read` (header or ``?token=``); a refused
+    client is accepted and closed with 1008 and the reason, which browsers can show."""
+    async def checked(ws: WebSocket) -> None:
+        try:
+            api.authorize_read(ws, query=True)
+        except ApiError as e:
+            await ws.accept()
+            await ws.close(WS_POLICY, _reason(e.message))
+            return
+        await handler(ws)
+    return checked
+
+
+def build_app(live: Live, token: str, *, max_body: int,
+              launcher: Launcher | None = None, read_token: bool = False) -> Starlette:
+    """The Starlette app over `live`; writes need `token` (and reads too with `read_token`);
+    bodies are capped at `max_body`; submitted runs are started by `launcher` (without one,
+    submissions are refused)."""
+    wsframes.install()  # one serialisation of each feed frame for all its subscribers
+    api = Api(live, token, max_body, read_token=read_token)
+    api.launcher = launcher
+    replays = Replays(live, api.authorize, api.read_body)
+    routes = [
+        Route("/api/events", _guard(api.post_events), methods=["POST"]),
+        Route("/events", _guard(api.post_events), methods=["POST"]),
+        Route("/api/runs", _reads(api, api.list_runs), methods=["GET"]),
+        Route("/api/runs", _guard(api.submit_run), methods=["POST"]),
+        Route("/api/runs/{run}/cancel", _guard(api.cancel_run), methods=["POST"]),
+        Route("/api/runs/{run}/resume", _guard(api.resume_run), methods=["POST"]),
+        Route("/api/runs/{run}", _reads(api, api.get_run), methods=["GET"]),
+        Route("/api/runs/{run}/items", _reads(api, api.run_items), methods=["GET"]),
+        Route("/api/runs/{run}/answers.csv", _reads(api, api.answers_csv, query=True),
+              methods=["GET"]),
+        Route("/api/runs/{run}/items/{item}/image", _reads(api, api.item_image, query=True),
+              methods=["GET"]),
+        Route("/api/events", _reads(api, api.list_events), methods=["GET"]),
+        Route("/healthz", _guard(api.healthz), methods=["GET"]),
+        Route("/metrics", _reads(api, metrics_route(live)), methods=["GET"]),
+        Route("/api/replay", _guard(replays.post), methods=["POST"]),
+        WebSocketRoute("/api/replay", _ws_reads(api, replays.feed)),
+        WebSocketRoute("/api/feed", _ws_reads(api, api.feed)),
+        Mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui"),
+    ]
+    return Starlette(routes=routes)
