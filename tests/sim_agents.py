@@ -37,8 +37,9 @@ from tests import fake_pynvml
 from vlmd_agent import wire
 from vlmd_agent.evaluate import datasets
 from vlmd_agent.evaluate.backends import load_backend
-from vlmd_agent.evaluate.wrapper import WrapperConfig, item_event, open_outbox
+from vlmd_agent.evaluate.wrapper import item_event
 from vlmd_agent.outbox.spool import Outbox
+from vlmd_agent.pipe import WrapperConfig, open_outbox
 from vlmd_agent.watch.gpu import open_gpus
 from vlmd_agent.watch.sampler import Sample, Sampler, run_sampler
 from vlmd_agent.watch.watchdog import SAMPLE_BATCH_S, Watchdog, WatchdogConfig

@@ -15,7 +15,7 @@ import pytest
 from vlmd.live.liveness import STARTUP_GRACE_S, Liveness
 from vlmd.store.log import Event
 from vlmd_agent.evaluate import demo_data
-from vlmd_agent.evaluate.wrapper import EXIT_ORPHANED, WrapperConfig
+from vlmd_agent.pipe import EXIT_ORPHANED, WrapperConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

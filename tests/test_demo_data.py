@@ -89,7 +89,8 @@ def test_n_must_be_positive(tmp_path: Path) -> None:
 def test_without_pillow_the_build_says_what_to_install(tmp_path: Path) -> None:
     agent = Path(demo_data.__file__).parents[2]
     # -S leaves site-packages (and so Pillow) out; the agent package itself needs none of it
-    script = (f"import sys; sys.path.insert(0, {str(agent)!r}); from vlmd_agent.evaluate import demo_data;"
+    script = (f"import sys; sys.path.insert(0, {str(agent)!r});"
+              " from vlmd_agent.evaluate import demo_data;"
               f" demo_data.build({str(tmp_path / 'demo')!r})")
     done = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True,
                           text=True, timeout=60)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlmd_agent.evaluate import datasets, demo_data, demo_models, demo_train, scoring
+from vlmd_agent import scoring
+from vlmd_agent.evaluate import datasets, demo_data, demo_models, demo_train
 from vlmd_agent.evaluate.backends import Request, default_models_dir, load_backend
 from vlmd_agent.evaluate.backends.hf import HFBackend
 
@@ -40,7 +41,8 @@ def _accuracy(folder: Path, items: tuple[datasets.Item, ...]) -> tuple[float, li
         texts = [backend.generate(Request(item.prompt(), item.image)).text for item in items]
     finally:
         backend.close()
-    right = sum(scoring.score(item, text) for item, text in zip(items, texts, strict=True))
+    right = sum(scoring.score(item.scorer, text, item.answer, item.choices)
+                for item, text in zip(items, texts, strict=True))
     return right / len(items), texts
 
 

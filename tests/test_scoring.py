@@ -6,9 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlmd_agent.evaluate import scoring
-from vlmd_agent.evaluate.datasets import Item
-from vlmd_agent.evaluate.scoring import anls, exact, extract_choice, mcq, normalise, score, vqa
+from vlmd_agent import scoring
+from vlmd_agent.scoring import anls, exact, extract_choice, mcq, normalise, score, vqa
 
 CHOICES = {"A": "blue", "B": "red", "C": "green", "D": "dark red"}
 
@@ -140,26 +139,22 @@ def test_anls_threshold_is_adjustable() -> None:
     assert anls("abcd", ("abxy",), threshold=0.6) == pytest.approx(0.5)
 
 
-def _item(scorer: str, answer: str | tuple[str, ...], choices: dict[str, str]) -> Item:
-    return Item(id="1", question="?", image=b"", image_mime="image/png", answer=answer,
-                choices=choices, hint=None, category=None, scorer=scorer)
-
-
-@pytest.mark.parametrize(("item", "prediction", "expected"), [
-    (_item("mcq", "B", CHOICES), "The answer is B", 1.0),
-    (_item("mcq", "B", CHOICES), "blue", 0.0),
-    (_item("exact", "cat", {}), "The cat", 1.0),
-    (_item("vqa", ("2", "2", "two"), {}), "2", 1.0),
-    (_item("anls", ("invoice",), {}), "invoce", 1 - 1 / 7),
+@pytest.mark.parametrize(("scorer", "answer", "choices", "prediction", "expected"), [
+    ("mcq", "B", CHOICES, "The answer is B", 1.0),
+    ("mcq", "B", CHOICES, "blue", 0.0),
+    ("exact", "cat", None, "The cat", 1.0),
+    ("vqa", ("2", "2", "two"), None, "2", 1.0),
+    ("anls", ("invoice",), None, "invoce", 1 - 1 / 7),
 ])
-def test_score_dispatches_on_the_items_scorer(item: Item, prediction: str,
+def test_score_dispatches_on_the_scorer_named(scorer: str, answer: str | tuple[str, ...],
+                                              choices: dict[str, str] | None, prediction: str,
                                               expected: float) -> None:
-    assert score(item, prediction) == pytest.approx(expected)
+    assert score(scorer, prediction, answer, choices) == pytest.approx(expected)
 
 
 def test_score_rejects_an_unknown_scorer() -> None:
     with pytest.raises(ValueError, match="unknown scorer 'bleu'"):
-        score(_item("bleu", "x", {}), "x")
+        score("bleu", "x", "x")
 
 
 # Characters the scorers' regexes turn on, non-ASCII ones that IGNORECASE folds to ASCII

@@ -12,10 +12,10 @@ import pytest
 
 from tests.events import completed, ev, failed, finished, started, submitted
 from vlmd.projections import answers, summary, tracker
+from vlmd.projections.gpus import SAMPLE_COLUMNS, sample_rows
 from vlmd.store import views
 from vlmd.store.log import EventLog
 from vlmd.store.migrations import MIGRATIONS
-from vlmd.web.metrics import SAMPLE_COLUMNS, sample_rows
 
 RUN_FIELDS = ("run", "name", "model", "dataset", "status", "done", "failed", "total",
               "submitted_at", "started_at", "finished_at", "last_event_at", "last_heartbeat",

@@ -14,7 +14,8 @@ from PIL import Image
 from vlmd_agent import wire
 from vlmd_agent.evaluate.backends import Backend, load_backend
 from vlmd_agent.evaluate.datasets import Item
-from vlmd_agent.evaluate.wrapper import WrapperConfig, item_event
+from vlmd_agent.evaluate.wrapper import item_event
+from vlmd_agent.pipe import WrapperConfig
 
 CFG = WrapperConfig(url="http://127.0.0.1:1", run="r-ev", model="demo:instant:0", dataset="-",
                     spool="-", max_new_tokens=8)

@@ -21,21 +21,17 @@ import trio
 from vlmd_agent import wire
 from vlmd_agent.evaluate import datasets, demo_data
 from vlmd_agent.evaluate.backends import load_backend
-from vlmd_agent.evaluate.wrapper import (
-    EXIT_ORPHANED,
-    WrapperConfig,
-    item_event,
-    run_item,
-    scored_event,
-)
+from vlmd_agent.evaluate.wrapper import item_event, run_item
 from vlmd_agent.outbox.spool import Outbox
+from vlmd_agent.pipe import EXIT_ORPHANED, WrapperConfig, scored_event
 from vlmd_agent.watch.watchdog import read_lines, spool_report
 
 WRITER = """
 import os, signal, sys
 from vlmd_agent.evaluate import datasets
 from vlmd_agent.evaluate.backends import load_backend
-from vlmd_agent.evaluate.wrapper import Status, WrapperConfig, run_item
+from vlmd_agent.evaluate.wrapper import run_item
+from vlmd_agent.pipe import Status, WrapperConfig
 cfg = WrapperConfig(url="http://127.0.0.1:9", run="r-lines", model="demo:instant:0",
                     dataset=sys.argv[2], spool="-", shard="0/1")
 status, backend = Status(int(sys.argv[1])), load_backend("demo:instant:0")

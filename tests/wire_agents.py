@@ -33,7 +33,8 @@ from tests.sim_agents import GPUS, parse
 from vlmd_agent import wire
 from vlmd_agent.evaluate import datasets
 from vlmd_agent.evaluate.backends import load_backend
-from vlmd_agent.evaluate.wrapper import WrapperConfig, item_event
+from vlmd_agent.evaluate.wrapper import item_event
+from vlmd_agent.pipe import WrapperConfig
 from vlmd_agent.watch.gpu import open_gpus
 from vlmd_agent.watch.sampler import Sampler
 

@@ -31,8 +31,8 @@ import httpx
 import trio
 
 from vlmd_agent import wire
-from vlmd_agent.evaluate.wrapper import WrapperConfig, open_outbox
 from vlmd_agent.outbox.spool import Outbox
+from vlmd_agent.pipe import WrapperConfig, open_outbox
 from vlmd_agent.watch.detect import signal_name
 from vlmd_agent.watch.gpu import open_gpus
 from vlmd_agent.watch.memory import CgroupPaths, RamReader

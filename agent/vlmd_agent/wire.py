@@ -421,11 +421,6 @@ def envelope(run: str, kind: str, body: Mapping[str, Any], *, key: str | None = 
             "ts": time.time() if ts is None else ts, "body": dict(body)}
 
 
-def item_key(run: str, item: str | int, attempt: int = 0) -> str:
-    """The idempotency key of an item's outcome: one per (run, item, attempt)."""
-    return f"{run}/item/{item}/{attempt}"
-
-
 def shard_of(value: Sequence[str] | str) -> tuple[int, int]:
     """Parse ``"i/n"`` into ``(i, n)``; raises ValueError naming the problem."""
     text = value if isinstance(value, str) else "/".join(value)

@@ -11,9 +11,9 @@ from urllib.parse import quote
 import orjson
 import trio
 
+from vlmd.cli.base import CliError, command
+from vlmd.cli.client import Client
 from vlmd.cli.follow import report_table
-from vlmd.cli.main import CliError, command
-from vlmd.cli.run import Client
 from vlmd.config import Config
 from vlmd.launch import kube, submit
 from vlmd.launch.launcher import LaunchSpec
@@ -40,14 +40,11 @@ def cmd_resume(args: argparse.Namespace, config: Config) -> int:
         vlmd resume nightly-7b
     """
     async def main() -> dict[str, Any] | None:
-        client = Client(config.url, config.resolve_token())
-        try:
+        async with Client.of(config) as client:
             done = await client.call("POST", f"/api/runs/{quote(args.run, safe='')}/resume")
             print(f"vlmd: run {done['run']}: resubmitted shards {', '.join(done['shards'])}",
                   file=sys.stderr)
             return None if args.detach else await _wait(client, done["run"])
-        finally:
-            await client.http.aclose()
 
     state = trio.run(main)
     if state is None:
@@ -130,8 +127,5 @@ def cmd_launch(args: argparse.Namespace, config: Config) -> int:
 async def _register(config: Config, spec: LaunchSpec) -> None:
     event = submit.submitted_event(spec)
     event["body"]["config"]["launcher"] = "kubernetes"
-    client = Client(config.url, config.resolve_token())
-    try:
+    async with Client.of(config) as client:
         await client.call("POST", "/api/events", json=[event])
-    finally:
-        await client.http.aclose()

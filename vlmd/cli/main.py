@@ -9,7 +9,7 @@ import logging
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +18,10 @@ import httpx
 import orjson
 import trio
 
+from vlmd.cli import client
+from vlmd.cli import cluster as _cluster_commands  # noqa: F401  (they register themselves)
+from vlmd.cli import run as _run_commands  # noqa: F401
+from vlmd.cli.base import COMMANDS, CliError, command, one_line
 from vlmd.config import Config, ConfigError
 from vlmd.daemon import datasette
 from vlmd.daemon.serve import serve
@@ -25,23 +29,6 @@ from vlmd.live import replay
 from vlmd.projections import export
 from vlmd.projections.summary import summarize
 from vlmd.store.log import EventLog
-
-Command = Callable[[argparse.Namespace, Config], int]
-COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None]]] = {}
-
-
-class CliError(Exception):
-    """A mistake the user can fix; printed as one line, no traceback."""
-
-
-def command(name: str, setup: Callable[[argparse.ArgumentParser], None] = lambda p: None,
-            ) -> Callable[[Command], Command]:
-    """Register a subcommand; its docstring (with an Example: block) is its help."""
-    def register(fn: Command) -> Command:
-        COMMANDS[name] = (fn, setup)
-        return fn
-    return register
-
 
 GC_YOUNG = 50_000  # allocations between young collections in `vlmd serve` (default 700)
 
@@ -93,27 +80,6 @@ async def _stop_on_signals(shutdown: trio.Event, scope: trio.CancelScope) -> Non
             shutdown.set()
 
 
-def _client(config: Config) -> httpx.Client:
-    return httpx.Client(base_url=config.url, timeout=30.0,
-                        headers={"authorization": f"Bearer {config.resolve_token()}"})
-
-
-def _get(config: Config, path: str) -> Any:
-    try:
-        with _client(config) as client:
-            response = client.get(path)
-    except httpx.TransportError as e:
-        raise CliError(f"cannot reach vlmd at {config.url} ({e}); is `vlmd serve` running?"
-                       ) from None
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]
-        except (ValueError, KeyError, TypeError):  # not vlmd's JSON error (a proxy, a 404 page)
-            message = response.text[:200]
-        raise CliError(f"vlmd answered {response.status_code}: {message}")
-    return response.json()
-
-
 def _fmt(value: Any, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -125,7 +91,7 @@ def cmd_runs(args: argparse.Namespace, config: Config) -> int:
     Example:
         vlmd runs
     """
-    runs = _get(config, "/api/runs")["runs"]
+    runs = client.call(config, "GET", "/api/runs")["runs"]
     print(f"{'RUN':14} {'NAME':16} {'STATUS':10} {'DONE':>7} {'FAILED':>6} {'TOTAL':>7} "
           f"{'ACC':>6}  MODEL")
     for r in runs:
@@ -178,22 +144,18 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         run = _run_id(event_log, args.run)
         events = [replay.event_dict(e) for e in event_log.read(run=run)]
     else:
-        run = _get(config, f"/api/runs/{quote(args.run, safe='')}")["run"]
+        run = client.call(config, "GET", f"/api/runs/{quote(args.run, safe='')}")["run"]
         events, after = [], 0
-        while page := _get(config, f"/api/events?run={quote(run)}&after={after}&limit=100000"):
+        while page := client.call(config, "GET",
+                                  f"/api/events?run={quote(run)}&after={after}&limit=100000"):
             events += page
             after = page[-1]["seq"]
-    with _client(config) as client:
-        def send(batch: list[Any]) -> None:
-            r = client.post("/api/replay", content=orjson.dumps(batch),
-                            headers={"content-type": "application/json"})
-            if r.status_code >= 400:
-                raise CliError(f"vlmd answered {r.status_code}: {r.text[:500]}")
 
-        try:
-            took = replay.play(events, args.speed, send)
-        except httpx.TransportError as e:
-            raise CliError(f"cannot reach vlmd at {config.url} ({e})") from None
+    def send(batch: list[Any]) -> None:
+        client.call(config, "POST", "/api/replay", content=orjson.dumps(batch),
+                    headers={"content-type": "application/json"})
+
+    took = replay.play(events, args.speed, send)
     print(f"replayed {len(events)} events of {run} in {took:.2f} s (speed {args.speed:g})")
     return 0
 
@@ -289,8 +251,6 @@ def cmd_datasette(args: argparse.Namespace, config: Config) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser: shared options on every subcommand."""
-    from vlmd.cli import cluster, run  # noqa: F401  (their commands register themselves)
-
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--config", metavar="PATH",
                         help="vlmd.toml (default: $VLMD_CONFIG, else ./vlmd.toml, else defaults)")
@@ -304,11 +264,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _one_line(text: str) -> str:
-    """`text` with control characters escaped (a file name may hold a newline)."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vlmd``: exit status 0 on success, 2 on a user mistake."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -320,11 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fn, _ = COMMANDS[args.command]
         return fn(args, config)
     except (ConfigError, CliError) as e:
-        print(f"vlmd {args.command}: {_one_line(str(e))}", file=sys.stderr)
+        print(f"vlmd {args.command}: {one_line(str(e))}", file=sys.stderr)
         return 2
     except (OSError, sqlite3.DatabaseError, UnicodeError, OverflowError, httpx.InvalidURL) as e:
         # a file or value the user named that cannot be used: say which, without a traceback
-        print(f"vlmd {args.command}: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
+        print(f"vlmd {args.command}: {type(e).__name__}: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

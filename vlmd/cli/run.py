@@ -14,11 +14,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 
+from vlmd.cli.base import CliError, command
+from vlmd.cli.client import Client, answers, call
 from vlmd.cli.follow import follow, report_table
-from vlmd.cli.main import CliError, command
 from vlmd.config import Config
 from vlmd.daemon.serve import serve
 from vlmd.launch.launcher import LocalLauncher
@@ -26,43 +26,12 @@ from vlmd.launch.launcher import LocalLauncher
 DEMO_MODELS = ("demo:tiny", "demo:small")
 
 
-class Client:
-    """The daemon's HTTP API, with the token; errors become CliError with vlmd's message."""
-
-    def __init__(self, url: str, token: str) -> None:
-        self.url = url
-        self.http = httpx.AsyncClient(base_url=url, timeout=60,
-                                      headers={"authorization": f"Bearer {token}"})
-
-    async def call(self, method: str, path: str, **kw: Any) -> Any:
-        try:
-            r = await self.http.request(method, path, **kw)
-        except httpx.TransportError as e:
-            raise CliError(f"cannot reach vlmd at {self.url}: {e}") from None
-        if r.status_code >= 400:
-            try:
-                message = r.json().get("error", r.text)
-            except ValueError:
-                message = r.text
-            raise CliError(f"vlmd refused {method} {path} ({r.status_code}): {message}")
-        return r if path.endswith(".csv") else r.json()
-
-
-async def _answers(url: str) -> bool:
-    try:
-        async with httpx.AsyncClient(timeout=2) as c:
-            return (await c.get(f"{url}/healthz")).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 @asynccontextmanager
 async def connect(config: Config) -> AsyncIterator[tuple[Client, bool]]:
     """A client of the configured daemon, or of an embedded one started here (True)."""
-    if await _answers(config.url):
-        client = Client(config.url, config.resolve_token())
-        yield client, False
-        await client.http.aclose()
+    if await answers(config.url):
+        async with Client.of(config) as client:
+            yield client, False
         return
     print(f"vlmd: no daemon at {config.url}; starting one here (log {config.log.path})",
           file=sys.stderr)
@@ -79,7 +48,7 @@ async def connect(config: Config) -> AsyncIterator[tuple[Client, bool]]:
                 print(f"vlmd: {left} agent(s) still running; their spools keep their events",
                       file=sys.stderr)
         finally:
-            await client.http.aclose()
+            await client.aclose()
             daemon.shutdown.set()
 
 
@@ -187,11 +156,9 @@ def cmd_report(args: argparse.Namespace, config: Config) -> int:
         vlmd report nightly-7b nightly-13b
     """
     async def main() -> list[dict[str, Any]]:
-        client = Client(config.url, config.resolve_token())
-        runs = args.runs or [r["run"] for r in (await client.call("GET", "/api/runs"))["runs"]]
-        states = [await client.call("GET", f"/api/runs/{run}") for run in runs]
-        await client.http.aclose()
-        return states
+        async with Client.of(config) as client:
+            runs = args.runs or [r["run"] for r in (await client.call("GET", "/api/runs"))["runs"]]
+            return [await client.call("GET", f"/api/runs/{run}") for run in runs]
 
     states = trio.run(main)
     if not states:
@@ -211,13 +178,6 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
     Example:
         vlmd cancel nightly-7b
     """
-    async def main() -> Any:
-        client = Client(config.url, config.resolve_token())
-        try:
-            return await client.call("POST", f"/api/runs/{args.run}/cancel")
-        finally:
-            await client.http.aclose()
-
-    result = trio.run(main)
+    result = call(config, "POST", f"/api/runs/{args.run}/cancel")
     print(f"run {result['run']} cancelled ({result['agents_stopped']} agents stopped)")
     return 0

@@ -16,7 +16,6 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import trio
@@ -28,7 +27,6 @@ log = logging.getLogger("vlmd.launch.launcher")
 
 MAX_RESTARTS = 5
 RESTART_DELAY_S = 1.0
-STOP_GRACE_S = 15.0
 Append = Callable[[list[dict[str, Any]]], Awaitable[object]]
 
 
@@ -193,8 +191,3 @@ class LocalLauncher:
             return await proc.wait()
         finally:
             self.procs.pop((spec.run, shard), None)
-
-
-def agent_log(config: Config, run: str, shard: int = 0) -> Path:
-    """Where the local launcher writes an agent's output."""
-    return config.state_dir / "agents" / f"{run}-{shard}.log"

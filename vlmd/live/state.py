@@ -18,11 +18,12 @@ import outcome
 import trio
 
 from vlmd.live import wsframes
+from vlmd.live.counters import Histogram
 from vlmd.live.feed import Feed, Frames, Subscription
 from vlmd.live.liveness import Liveness
 from vlmd.projections import tracker
+from vlmd.projections.gpus import LatestGpus
 from vlmd.store.log import Appended, Event, EventLog, Written
-from vlmd.web.metrics import Histogram, LatestGpus
 
 log = logging.getLogger("vlmd")
 

@@ -3,7 +3,8 @@
 `runs` agrees with `vlmd.projections.tracker` (except the time-windowed rate and ETA, and
 ``finished_at`` when a ``run.submitted`` changes the shard count after shards ended), `items`
 with `vlmd.projections.answers`, `model_summary` with `vlmd.projections.summary` (the same
-linear-interpolation percentiles), `samples` with `vlmd.web.metrics.sample_rows`, and `alerts` with
+linear-interpolation percentiles), `samples` with `vlmd.projections.gpus.sample_rows`, and
+`alerts` with
 the tracker's alert counts; ``tests/test_views.py`` checks each pair on the same log.
 `STATEMENTS` is applied by migration ``0002_views``; never edit it once shipped, add a migration.
 """

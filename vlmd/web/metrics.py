@@ -6,104 +6,19 @@ with ``prometheus_client``. Units are Prometheus base units: seconds, bytes, rat
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from vlmd.store.log import Event
-
-if TYPE_CHECKING:
-    from vlmd.live.state import Live
+from vlmd.live.state import Live
+from vlmd.projections.gpus import LatestGpus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MIB = 1024 * 1024
-INGEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STATUSES = ("submitted", "running", "stalled", "finished", "failed", "cancelled")
-SAMPLE_COLUMNS = (
-    "seq", "part", "run", "host", "t", "gpu", "gpu_name", "gpu_lost", "mem_used_mb",
-    "mem_total_mb", "proc_mem_mb", "util_gpu", "util_mem", "power_w", "temp_c", "rss_mb",
-    "host_used_mb", "host_total_mb", "cgroup_usage_mb", "cgroup_limit_mb", "oom_kills",
-)
-_GPU_FIELDS = ("mem_used_mb", "mem_total_mb", "proc_mem_mb", "util_gpu", "util_mem", "power_w",
-               "temp_c")
-_RAM_FIELDS = ("rss_mb", "host_used_mb", "host_total_mb", "cgroup_usage_mb", "cgroup_limit_mb",
-               "oom_kills")
-
-
-def samples_of(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The samples in a ``watchdog.sample`` body: the body itself, or its ``samples`` list."""
-    samples = body.get("samples")
-    return samples if isinstance(samples, list) else [body]
-
-
-def sample_rows(event: Event) -> list[dict[str, Any]]:
-    """One row per GPU per sample (one row with ``gpu`` None for a sample without GPUs): the
-    Python twin of the ``samples`` view, with its `SAMPLE_COLUMNS`."""
-    rows = []
-    host = event.body.get("host")
-    for part, sample in enumerate(samples_of(event.body)):
-        ram = sample.get("ram") or {}
-        common = {"seq": event.seq, "part": part, "run": event.run, "host": host,
-                  "t": sample.get("t"), **{k: ram.get(k) for k in _RAM_FIELDS}}
-        for gpu in sample.get("gpus") or [None]:
-            g = gpu or {}
-            rows.append({**common, "gpu": g.get("index"), "gpu_name": g.get("name"),
-                         "gpu_lost": int(bool(g.get("lost"))),
-                         **{k: g.get(k) for k in _GPU_FIELDS}})
-    return [{c: row[c] for c in SAMPLE_COLUMNS} for row in rows]
-
-
-@dataclass
-class Histogram:
-    """A cumulative histogram of seconds, as Prometheus wants it."""
-
-    buckets: tuple[float, ...] = INGEST_BUCKETS
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def observe(self, seconds: float) -> None:
-        """Count one observation."""
-        if not self.counts:
-            self.counts = [0] * len(self.buckets)
-        i = bisect.bisect_left(self.buckets, seconds)
-        if i < len(self.counts):
-            self.counts[i] += 1
-        self.total += seconds
-        self.count += 1
-
-
-@dataclass
-class LatestGpus:
-    """The latest sample of every GPU, by (host, device index), folded from watchdog samples."""
-
-    devices: dict[tuple[str, int], tuple[float, str, dict[str, Any]]] = field(default_factory=dict)
-
-    def apply(self, event: Event) -> None:
-        """Fold one event (anything but a ``watchdog.sample`` is ignored)."""
-        if event.kind != "watchdog.sample":
-            return
-        host = str(event.body.get("host"))
-        for sample in samples_of(event.body):
-            for gpu in sample.get("gpus") or ():
-                if isinstance(gpu, dict) and isinstance(gpu.get("index"), int):
-                    self.devices[host, gpu["index"]] = (float(sample.get("t") or event.ts),
-                                                        event.run, gpu)
-
-    def watch(self, events: Iterable[Event]) -> Iterator[Event]:
-        """Pass `events` through, folding each on the way (to ride along another fold)."""
-        for event in events:
-            if event.kind == "watchdog.sample":
-                self.apply(event)
-            yield event
-
-
 def _label(value: object) -> str:
     text = str(value).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
     return f'"{text}"'

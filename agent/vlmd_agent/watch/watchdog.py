@@ -11,7 +11,6 @@ it (signals, spools, the final flush) is `vlmd_agent.cli.run_agent`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -28,8 +27,8 @@ from typing import Any
 import trio
 
 from vlmd_agent import wire
-from vlmd_agent.evaluate.wrapper import WrapperConfig, scored_event
 from vlmd_agent.outbox.spool import Outbox
+from vlmd_agent.pipe import PIPE_BYTES, WrapperConfig, scored_event, status_pipe
 from vlmd_agent.watch.detect import (
     Exit,
     HangClock,
@@ -51,7 +50,6 @@ ALERT_SAMPLES_S = 10.0  # every alert carries this much history
 SAMPLE_BATCH_S = 1.0  # one watchdog.sample event per second
 STATUS_DRAIN_S = 0.5  # status lines still read after the wrapper exited
 STATUS_POLL_S = 0.05  # the status pipe is read this often (not waited on: see `read_lines`)
-PIPE_BYTES = 1 << 20  # the status pipe's buffer, where Linux allows (64 KiB otherwise)
 LINES_PER_TURN = 64  # status lines handled between two trio checkpoints (~100 us each)
 
 
@@ -328,15 +326,6 @@ class Watchdog:
             log.error("cannot spool a %s event: %s", kind, e)
 
 
-def status_pipe() -> tuple[int, int]:
-    """A pipe for the wrapper's status lines (read end, write end), with room for `PIPE_BYTES`
-    where Linux allows: the wrapper's writes block only when a poll's worth of lines overflow."""
-    read_fd, write_fd = os.pipe()
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    return read_fd, write_fd
-
-
 async def read_lines(fd: int, on_line: Callable[[bytes], None],
                      poll_s: float = STATUS_POLL_S, writer_gone: trio.Event | None = None) -> None:
     """Hand each line of the pipe `fd` to `on_line` until its writers are gone; closes `fd`.
@@ -376,7 +365,7 @@ async def read_lines(fd: int, on_line: Callable[[bytes], None],
 
 def spool_report(items: Outbox, run: str, status: Mapping[str, Any]) -> str | None:
     """Spool what a status line of the wrapper reports: the event of an ``item`` line's
-    outcome (scored here: `vlmd_agent.evaluate.wrapper.scored_event`), or an ``event`` line's
+    outcome (scored here: `vlmd_agent.pipe.scored_event`), or an ``event`` line's
     envelope.
 
     Never raises: a line that is not a valid report is logged; when the spool cannot write

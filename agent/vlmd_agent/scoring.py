@@ -1,6 +1,7 @@
 """Scorers: multiple choice, exact match, VQA accuracy and ANLS. Pure functions of text.
 
-Every scorer returns a float in [0, 1]. `score` picks the one an item names in ``item.scorer``.
+Every scorer returns a float in [0, 1]. `score` picks one by name, from plain values (the
+watchdog scores the items its wrapper reports without knowing what a dataset item is).
 """
 
 from __future__ import annotations
@@ -8,8 +9,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
-
-from vlmd_agent.evaluate.datasets import Item
 
 NUMBER_WORDS = {word: str(number) for number, word in enumerate((
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -145,12 +144,21 @@ def anls(prediction: str, answers: str | Sequence[str], threshold: float = 0.5) 
     return best
 
 
-def score(item: Item, prediction: str) -> float:
-    """Score a prediction with the item's scorer (``mcq``, ``exact``, ``vqa`` or ``anls``)."""
-    scorer = _SCORERS.get(item.scorer)
-    if scorer is None:
-        raise ValueError(f"unknown scorer {item.scorer!r}")
-    return scorer(item, prediction)
+Answer = str | Sequence[str]
+"""An item's reference answer: one, or several (VQA's ten human answers, ANLS's variants)."""
+
+
+def score(scorer: str, prediction: str, answer: Answer,
+          choices: Mapping[str, str] | None = None) -> float:
+    """Score `prediction` against `answer` with the scorer named `scorer` (``mcq``, ``exact``,
+    ``vqa`` or ``anls``); `choices` (letter -> option text) is what ``mcq`` reads.
+
+    Raises ValueError for an unknown scorer.
+    """
+    fn = _SCORERS.get(scorer)
+    if fn is None:
+        raise ValueError(f"unknown scorer {scorer!r}")
+    return fn(prediction, answer, choices or {})
 
 
 # Cheap tests that say when a regex cannot match, so it is not run: scoring runs right after
@@ -193,16 +201,16 @@ def _levenshtein(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _mcq_item(item: Item, prediction: str) -> float:
+def _mcq_any(prediction: str, answer: Answer, choices: Mapping[str, str]) -> float:
     # `mcq` for each reference letter, with the choice extracted once
-    choice = extract_choice(prediction, item.choices)
-    answers = (item.answer,) if isinstance(item.answer, str) else item.answer
-    return 1.0 if any(_is_answer(choice, answer) for answer in answers) else 0.0
+    choice = extract_choice(prediction, choices)
+    answers = (answer,) if isinstance(answer, str) else answer
+    return 1.0 if any(_is_answer(choice, one) for one in answers) else 0.0
 
 
-_SCORERS: dict[str, Callable[[Item, str], float]] = {
-    "mcq": _mcq_item,
-    "exact": lambda item, prediction: exact(prediction, item.answer),
-    "vqa": lambda item, prediction: vqa(prediction, item.answer),
-    "anls": lambda item, prediction: anls(prediction, item.answer),
+_SCORERS: dict[str, Callable[[str, Answer, Mapping[str, str]], float]] = {
+    "mcq": _mcq_any,
+    "exact": lambda prediction, answer, choices: exact(prediction, answer),
+    "vqa": lambda prediction, answer, choices: vqa(prediction, answer),
+    "anls": lambda prediction, answer, choices: anls(prediction, answer),
 }
