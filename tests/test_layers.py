@@ -35,8 +35,8 @@ AGENT_API = ("vlmd_agent.wire", "vlmd_agent.catalog", "vlmd_agent.evaluate.datas
              "vlmd_agent.evaluate.demo_data")
 # the agent: watching and evaluating meet only in the pipe protocol, the wire and the outbox
 AGENT_LAYERS: dict[str, set[str]] = {
-    "vlmd_agent.wire": set(),
-    "vlmd_agent.catalog": {"vlmd_agent.wire"},
+    "vlmd_agent.catalog": set(),
+    "vlmd_agent.wire": {"vlmd_agent.catalog"},
     "vlmd_agent.pipe": {"vlmd_agent.wire", "vlmd_agent.scoring", "vlmd_agent.outbox"},
     "vlmd_agent.outbox": {"vlmd_agent.wire"},
     "vlmd_agent.evaluate": {"vlmd_agent.wire", "vlmd_agent.catalog", "vlmd_agent.pipe",

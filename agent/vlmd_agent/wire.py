@@ -6,10 +6,11 @@ An envelope is a JSON object ``{"key", "run", "kind", "ts", "body"}``:
 - ``run``: the run id (letters, digits, ``.``, ``_``, ``-``, ``:``; no ``/``).
 - ``kind``: one of `KINDS`, or ``alert.<name>``.
 - ``ts``: the producer's wall clock, seconds since the epoch.
-- ``body``: an object whose required fields depend on the kind (see `BODIES`).
+- ``body``: an object whose fields depend on the kind (`vlmd_agent.catalog`, `BODIES`).
 
-This module is shared by the agent and the daemon (vlmd imports nothing else from the agent), so
-it depends on the standard library only.
+The schemas come from `vlmd_agent.catalog`, where every kind and field is declared with its
+meaning and unit. This module is shared by the agent and the daemon; it needs the standard
+library and msgspec only.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from msgspec import inspect as mi
+
+from vlmd_agent import catalog
+
 MAX_KEY = 256
-MAX_ID = 256
+MAX_ID = catalog.MAX_ID
 FUTURE_SLACK_S = 366 * 86_400.0  # a year: catches milliseconds and broken clocks, not skew
 RUN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 SHARD_RE = re.compile(r"(\d{1,6})/(\d{1,6})")
-ALERT_RE = re.compile(r"alert\.[a-z][a-z0-9_]{0,63}")
-FAIL_REASONS = frozenset({"oom", "timeout", "backend_error", "bad_input"})
+ALERT_RE = re.compile(catalog.ALERT_PATTERN)
 ENVELOPE_FIELDS = ("key", "run", "kind", "ts", "body")
 
 
@@ -153,12 +157,6 @@ def _nullable(check: Check) -> Check:
     return lambda v: None if v is None else check(v)
 
 
-_MS = _number(0.0)
-_COUNT = _integer(0)
-_NUM = _number()
-_TEXT = _string()
-_LIST = _of_type(list)
-_DICT = _of_type(dict)
 
 
 @dataclass(frozen=True)
@@ -217,58 +215,63 @@ def _compile(required: Mapping[str, Check], optional: Mapping[str, Check]
     return valid
 
 
-ITEM_METRICS: Mapping[str, Check] = {
-    "ttft_ms": _MS, "tpot_ms": _MS, "e2e_ms": _MS, "input_tokens": _COUNT,
-    "output_tokens": _COUNT, "vram_before_mb": _MS, "vram_peak_delta_mb": _NUM,
-}
-"""Per-item cost metrics, all optional; ``vram_peak_delta_mb`` may be negative (memory freed)."""
+def check_of(t: mi.Type) -> Check:
+    """The check of a catalog type (`vlmd_agent.catalog`), with the messages of this module."""
+    if isinstance(t, mi.Metadata):
+        return check_of(t.type)
+    if isinstance(t, mi.UnionType):
+        members = [m.type if isinstance(m, mi.Metadata) else m for m in t.types
+                   if not isinstance(m, mi.NoneType)]
+        kinds = {type(m) for m in members}
+        if kinds == {mi.IntType, mi.StrType}:
+            return _ident
+        if kinds == {mi.StrType, mi.ListType}:
+            return _expected
+        if len(members) == 1:
+            return check_of(members[0])
+        raise TypeError(f"the catalog's union {t} has no check here")
+    if isinstance(t, mi.StrType):
+        if t.pattern == catalog.SHARD_PATTERN:
+            return _shard
+        pattern = None if t.pattern is None else re.compile(t.pattern.strip("^$"))
+        return _string(t.max_length, pattern)
+    if isinstance(t, mi.IntType):
+        return _integer(t.ge)
+    if isinstance(t, mi.FloatType):
+        return _number(None if t.ge is None or t.ge < 0 else float(t.ge))
+    if isinstance(t, mi.LiteralType):
+        return _one_of(frozenset(str(v) for v in t.values))
+    types = {mi.BoolType: bool, mi.ListType: list, mi.DictType: dict}
+    if type(t) in types:
+        return _of_type(types[type(t)])
+    if isinstance(t, mi.AnyType):
+        return lambda v: None
+    raise TypeError(f"the catalog's type {t} has no check here")
 
-BODIES: Mapping[str, Body] = {
-    "run.submitted": Body(
-        {"model": _string(1024), "dataset": _string(4096)},
-        {"total": _COUNT, "name": _string(128, RUN_RE), "config": _DICT, "shards": _integer(1)},
-    ),
-    "run.started": Body(
-        {"total": _COUNT, "host": _string(256), "pid": _COUNT},
-        {"shard": _shard},
-    ),
-    "item.completed": Body(
-        {"item": _ident, "answer": _TEXT},
-        {"expected": _expected, "score": _NUM, "question": _TEXT, "shard": _shard,
-         **ITEM_METRICS},
-    ),
-    "item.failed": Body(
-        {"item": _ident, "reason": _one_of(FAIL_REASONS), "message": _TEXT},
-        {"expected": _expected, "question": _TEXT, "shard": _shard, **ITEM_METRICS},
-    ),
-    "watchdog.heartbeat": Body(
-        {"host": _string(256), "pid": _COUNT, "wrapper_pid": _nullable(_integer(None)),
-         "wrapper_state": _string(64)},
-        {"shard": _shard},
-    ),
-    "run.finished": Body({}, {"shard": _shard}),
-    "run.failed": Body({"reason": _TEXT}, {"shard": _shard}),
-    "run.cancelled": Body({}, {"reason": _TEXT}),
-    # a scheduler (Slurm) accepted the run's shards as a job; `shards` lists the array indices
-    "run.scheduled": Body(
-        {"scheduler": _string(32), "job": _string(64), "shards": _LIST, "of": _integer(1)},
-        {"script": _TEXT, "resume": _of_type(bool)},
-    ),
-    # what the scheduler says about one shard's task: PENDING (with its reason), RUNNING on a
-    # node, COMPLETED, FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, CANCELLED, ...
-    "scheduler.task": Body(
-        {"scheduler": _string(32), "job": _string(64), "shard": _shard, "state": _string(64)},
-        {"reason": _TEXT, "node": _string(1024), "exit_code": _integer(None),
-         "signal": _integer(None)},
-    ),
-}
 
-ALERT_BODY = Body(
-    {"message": _TEXT},
-    {"samples": _LIST, "stacks": _of_type(str, list), "signal": _integer(None),
-     "exit_code": _integer(None), "shard": _shard},
-)
-SAMPLE_ONE = Body({"t": _number(0.0), "gpus": _LIST, "ram": _DICT}, {})
+def schema_of(body: type[catalog.Body]) -> Body:
+    """The `Body` schema of a catalog body type: its required and optional fields' checks (a
+    required field declared nullable accepts null)."""
+    required: dict[str, Check] = {}
+    optional: dict[str, Check] = {}
+    for f in catalog.fields(body):
+        check = check_of(f.type)
+        nullable = isinstance(f.type, mi.UnionType) and any(
+            isinstance(m, mi.NoneType) for m in f.type.types)
+        if f.required:
+            required[f.name] = _nullable(check) if nullable else check
+        else:
+            optional[f.name] = check
+    return Body(required, optional)
+
+
+BODIES: Mapping[str, Body] = {kind: schema_of(body) for kind, body in catalog.KINDS.items()
+                              if kind != "watchdog.sample"}
+"""The schema of every kind's body (but ``watchdog.sample``'s, checked by `_sample_errors`),
+derived from `vlmd_agent.catalog`."""
+
+ALERT_BODY = schema_of(catalog.Alert)
+SAMPLE_ONE = schema_of(catalog.Sample)
 KINDS: frozenset[str] = frozenset({*BODIES, "watchdog.sample"})
 """Every kind vlmd accepts, besides ``alert.<name>``."""
 

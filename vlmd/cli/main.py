@@ -210,8 +210,6 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
     """Write a run's answers (the answers.csv rows) as CSV, JSON Lines or Parquet.
 
-    Parquet needs pyarrow (pip install pyarrow).
-
     Example:
         vlmd export nightly --format jsonl -o nightly.jsonl
     """

@@ -1,32 +1,40 @@
 """Datasette metadata for the log: titles, descriptions and units of every column, canned queries.
 
-Units are pint names (Datasette renders and filters with them); MiB is 1024 * 1024 bytes, as
-the agent measures it.
+Columns that carry an event field take its meaning and unit from the event catalog
+(`vlmd_agent.catalog`); the rest (positions, counts of the views) are described here. Units are
+pint names (Datasette renders and filters with them); MiB is 1024 * 1024 bytes, as the agent
+measures it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from vlmd_agent import catalog
+
 DATABASE = "vlmd"
 Column = tuple[str, str | None, str]  # name, unit, description
 
-_ITEM_COLUMNS: tuple[Column, ...] = (
-    ("run", None, "Run id"),
-    ("item", None, "Dataset item id"),
-    ("question", None, "The question asked, when the agent sent it"),
-    ("answer", None, "The model's answer (empty when the item failed)"),
-    ("expected", None, "The expected answer (a JSON array when several are accepted)"),
-    ("score", None, "Score from 0 to 1 (dataset scorer)"),
-    ("ttft_ms", "ms", "Time to first token: request sent to first content chunk"),
-    ("tpot_ms", "ms", "Time per output token after the first: (e2e - TTFT) / (tokens - 1)"),
-    ("e2e_ms", "ms", "End-to-end latency of the request"),
-    ("input_tokens", None, "Prompt tokens, as the server or tokenizer counted them"),
-    ("output_tokens", None, "Generated tokens"),
-    ("vram_before_mb", "MiB", "GPU memory in use before the request"),
-    ("vram_peak_delta_mb", "MiB", "Peak GPU memory during the request minus before it"),
-    ("error", None, "reason: message, when the item failed (a later success clears it)"),
+
+
+def _declared(fields: list[catalog.FieldInfo], names: tuple[str, ...] | None = None
+              ) -> tuple[Column, ...]:
+    """Columns named like catalog fields take the field's unit and meaning from the catalog."""
+    return tuple((f.name, f.unit, f.meaning) for f in fields if names is None or f.name in names)
+
+
+_ITEM_COLUMNS = _declared(catalog.answer_columns())
+_GPU = {f.name: f for f in catalog.fields(catalog.Gpu)}
+_SAMPLE_GPU_COLUMNS: tuple[Column, ...] = (
+    ("gpu", None, _GPU["index"].meaning),
+    ("gpu_name", None, _GPU["name"].meaning),
+    ("gpu_lost", None, "1 when the GPU did not answer (lost, reset needed)"),
+    *_declared(list(_GPU.values()), ("mem_used_mb", "mem_total_mb", "proc_mem_mb", "util_gpu",
+                                     "util_mem", "power_w", "temp_c")),
 )
+_SAMPLE_RAM_COLUMNS = _declared(catalog.fields(catalog.Ram), (
+    "rss_mb", "host_used_mb", "host_total_mb", "cgroup_usage_mb", "cgroup_limit_mb", "oom_kills"))
+_ALERT = {f.name: f for f in catalog.fields(catalog.Alert)}
 
 TABLES: dict[str, tuple[str, str, tuple[Column, ...]]] = {
     "events": ("Event log", "Every event vlmd accepted, append-only, in seq order: the only "
@@ -34,7 +42,7 @@ TABLES: dict[str, tuple[str, str, tuple[Column, ...]]] = {
         ("seq", None, "Position in the log (1, 2, ...): the total order of events"),
         ("key", None, "The producer's idempotency key; a re-sent event is stored once"),
         ("run", None, "Run id"),
-        ("kind", None, "Event kind: run.*, item.completed, item.failed, watchdog.*, alert.*"),
+        ("kind", None, "Event kind: " + ", ".join(catalog.KINDS) + ", alert.<name>"),
         ("ts", None, "Producer's wall clock, Unix seconds"),
         ("received", None, "vlmd's wall clock when it committed the event, Unix seconds"),
         ("body", None, "The event body, JSON; its fields depend on the kind"),
@@ -76,22 +84,8 @@ TABLES: dict[str, tuple[str, str, tuple[Column, ...]]] = {
         ("run", None, "Run id"),
         ("host", None, "Agent host"),
         ("t", None, "Sample time (agent clock), Unix seconds"),
-        ("gpu", None, "GPU index (nvidia-smi --query-gpu=index)"),
-        ("gpu_name", None, "GPU model name"),
-        ("gpu_lost", None, "1 when the GPU did not answer (lost, reset needed)"),
-        ("mem_used_mb", "MiB", "GPU memory used (memory.used)"),
-        ("mem_total_mb", "MiB", "GPU memory in total (memory.total)"),
-        ("proc_mem_mb", "MiB", "GPU memory of the model's processes"),
-        ("util_gpu", "percent", "GPU utilisation (utilization.gpu)"),
-        ("util_mem", "percent", "Memory controller utilisation (utilization.memory)"),
-        ("power_w", "W", "Power draw (power.draw)"),
-        ("temp_c", None, "GPU temperature in degrees Celsius (temperature.gpu)"),
-        ("rss_mb", "MiB", "Resident memory of the model process tree"),
-        ("host_used_mb", "MiB", "Host RAM in use (total minus available)"),
-        ("host_total_mb", "MiB", "Host RAM in total"),
-        ("cgroup_usage_mb", "MiB", "Memory charged to the agent's cgroup"),
-        ("cgroup_limit_mb", "MiB", "The cgroup's memory limit (empty when unlimited)"),
-        ("oom_kills", None, "OOM kills the cgroup has seen (a count)"),
+        *_SAMPLE_GPU_COLUMNS,
+        *_SAMPLE_RAM_COLUMNS,
     )),
     "alerts": ("Alerts", "Every alert.* event: hangs, wrapper deaths, OOM kills, lost agents.", (
         ("seq", None, "Seq of the alert event"),
@@ -101,10 +95,7 @@ TABLES: dict[str, tuple[str, str, tuple[Column, ...]]] = {
         ("ts", None, "Producer time, Unix seconds"),
         ("received", None, "When vlmd committed it, Unix seconds"),
         ("host", None, "Agent host, when the alert names it"),
-        ("message", None, "What happened, in words"),
-        ("signal", None, "Signal that ended the wrapper, if any"),
-        ("exit_code", None, "Exit status of the wrapper, if any"),
-        ("shard", None, "The agent's shard (i/n)"),
+        *_declared(list(_ALERT.values()), ("message", "signal", "exit_code", "shard")),
     )),
     "model_summary": ("Model summary", "Accuracy and p50/p90/p99 of latency and VRAM per run, "
                       "over completed items; percentiles interpolate linearly (numpy's "

@@ -14,10 +14,9 @@ from typing import Any
 import orjson
 
 from vlmd.store.log import Event
+from vlmd_agent import catalog
 
-COLUMNS = ("run", "item", "question", "answer", "expected", "score", "ttft_ms", "tpot_ms",
-           "e2e_ms", "input_tokens", "output_tokens", "vram_before_mb", "vram_peak_delta_mb",
-           "error")
+COLUMNS = catalog.ANSWER_COLUMNS  # declared, with meanings and units, in the event catalog
 ITEM_KINDS = ("item.completed", "item.failed")
 Row = dict[str, Any]
 

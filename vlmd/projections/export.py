@@ -1,7 +1,8 @@
 """`vlmd export`: a run's answers (the answers.csv rows) as CSV, JSON Lines or Parquet.
 
-Parquet needs pyarrow, which vlmd does not depend on (it is large); without it the export fails
-with `ExportError` saying what to install.
+Parquet is written with pyarrow (a dependency of vlmd); where it is missing anyway (an install
+without it) the export fails with `ExportError` saying what to install. Column types follow the
+event catalog.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import orjson
 
 from vlmd.projections import answers
 from vlmd.store.log import EventLog
+from vlmd_agent import catalog
 
 FORMATS = ("csv", "jsonl", "parquet")
-_INTS = ("input_tokens", "output_tokens")
-_FLOATS = ("score", "ttft_ms", "tpot_ms", "e2e_ms", "vram_before_mb", "vram_peak_delta_mb")
+# column types from the event catalog: its integers and numbers stay numbers, the rest is text
+_TYPES = {c.name: c.type_name for c in catalog.answer_columns()}
+_INTS = tuple(c for c, kind in _TYPES.items() if kind == "integer")
+_FLOATS = tuple(c for c, kind in _TYPES.items() if kind == "number")
 
 
 class ExportError(Exception):
