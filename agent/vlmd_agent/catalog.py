@@ -100,6 +100,12 @@ class ItemCompleted(ItemOutcome, kw_only=True, frozen=True):
 
     answer: Annotated[Text, doc("The model's answer")]
     score: Annotated[Number | None, doc("Score from 0 to 1 (the dataset's scorer)")] = None
+    tokens_source: Annotated[Annotated[str, Meta(max_length=32)] | None,
+                             doc("Where output_tokens comes from: usage (the server's), "
+                                 "tokenizer, or chunks (streamed chunks counted)")] = None
+    vram_note: Annotated[Annotated[str, Meta(max_length=256)] | None,
+                         doc("Why no VRAM delta was measured, when none was (a remote server, "
+                             "a CPU model)")] = None
 
 
 class ItemFailed(ItemOutcome, kw_only=True, frozen=True):
@@ -186,6 +192,22 @@ class Heartbeat(Body, kw_only=True, frozen=True):
     shard: Annotated[Shard | None, doc("The agent's shard, i/n")] = None
 
 
+class RunPhase(Body, kw_only=True, frozen=True):
+    """``run.phase``: what an agent is doing before (and around) its items, so a long wait says
+    why: resolving (reading the dataset), preflight (asking the model server), building (a demo
+    model), loading (the model), warmup (the first items), evaluating."""
+
+    phase: Annotated[Annotated[str, Meta(max_length=32)], doc("resolving, preflight, building, "
+                                                              "loading, warmup, evaluating")]
+    message: Annotated[Annotated[str, Meta(max_length=1024)] | None,
+                       doc("What exactly, for a person")] = None
+    step: Annotated[Count | None, doc("Steps of the phase done, when it counts them")] = None
+    steps: Annotated[Count | None, doc("Steps of the phase in all, when known")] = None
+    size_mb: Annotated[NonNegative | None, doc("Size of the model being loaded", "MiB")] = None
+    items_per_s: Annotated[NonNegative | None, doc("Items per second so far (warmup)")] = None
+    shard: Annotated[Shard | None, doc("The agent's shard, i/n")] = None
+
+
 class RunFinished(Body, kw_only=True, frozen=True):
     """``run.finished``: a shard (with ``shard``) or the whole run ended well."""
 
@@ -249,6 +271,7 @@ KINDS: dict[str, type[Body]] = {
     "item.failed": ItemFailed,
     "watchdog.sample": WatchdogSample,
     "watchdog.heartbeat": Heartbeat,
+    "run.phase": RunPhase,
     "run.finished": RunFinished,
     "run.failed": RunFailed,
     "run.cancelled": RunCancelled,

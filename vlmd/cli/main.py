@@ -28,6 +28,7 @@ from vlmd.daemon.serve import serve
 from vlmd.live import replay
 from vlmd.projections import export
 from vlmd.projections.summary import summarize
+from vlmd.projections.tracker import AmbiguousName
 from vlmd.store.log import EventLog
 
 GC_YOUNG = 50_000  # allocations between young collections in `vlmd serve` (default 700)
@@ -272,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config.load(args.config)
         fn, _ = COMMANDS[args.command]
         return fn(args, config)
-    except (ConfigError, CliError) as e:
+    except (ConfigError, CliError, AmbiguousName) as e:
         print(f"vlmd {args.command}: {one_line(str(e))}", file=sys.stderr)
         return 2
     except (OSError, sqlite3.DatabaseError, UnicodeError, OverflowError, httpx.InvalidURL) as e:

@@ -31,6 +31,7 @@ BATCH_S = 0.02  # events due within this many seconds of each other go in one PO
 MAX_BATCH = 5_000
 WS_TRY_AGAIN = 1013
 WS_GOING_AWAY = 1001
+WS_POLICY = 1008
 
 
 def open_readonly(path: str | Path) -> EventLog:
@@ -42,17 +43,22 @@ def open_readonly(path: str | Path) -> EventLog:
 
 
 def resolve_run(log: EventLog, run_or_name: str) -> str | None:
-    """The run id of `run_or_name` (an id, or the name of the newest run with that name)."""
+    """The run id of `run_or_name` (an id, or the name of one run), else None.
+
+    Raises `tracker.AmbiguousName` when the name is no id and several runs carry it.
+    """
     conn = connect(log.path, readonly=True)
     try:
         if conn.execute("SELECT 1 FROM events WHERE run = ? LIMIT 1", (run_or_name,)).fetchone():
             return run_or_name
-        row = conn.execute("SELECT run FROM events WHERE kind = 'run.submitted' "
-                           "AND json_extract(body, '$.name') = ? ORDER BY seq DESC LIMIT 1",
-                           (run_or_name,)).fetchone()
+        rows = conn.execute("SELECT DISTINCT run FROM events WHERE kind = 'run.submitted' "
+                            "AND json_extract(body, '$.name') = ? ORDER BY seq",
+                            (run_or_name,)).fetchall()
     finally:
         conn.close()
-    return None if row is None else str(row[0])
+    if len(rows) > 1:
+        raise tracker.AmbiguousName(run_or_name, [str(r[0]) for r in rows])
+    return str(rows[0][0]) if rows else None
 
 
 def parse_at(text: str) -> tuple[int | None, float | None]:
@@ -171,7 +177,11 @@ class Replays:
         await ws.accept()
         run = ws.query_params.get("run") or None
         if run is not None:
-            found = self.live.tracker.find(run)
+            try:
+                found = self.live.tracker.find(run)
+            except tracker.AmbiguousName as e:
+                await ws.close(WS_POLICY, str(e)[:120])
+                return
             run = found.run if found else run
         sub = self.live.replays.subscribe(run, 0)
         try:

@@ -7,13 +7,21 @@ so p50 of an even count is the mean of the two middle values.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from vlmd.projections.tracker import RunState
+from vlmd.projections.tracker import ItemResult, RunState
 
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "vram_peak_delta_mb")
 QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
+TOP_FAILURES = 5
+# A run whose every measured per-request VRAM delta is within this many MB of zero, over at
+# least `PREALLOCATED_MIN_ITEMS` items, is on a server that reserved its memory up front.
+PREALLOCATED_MB = 1.0
+PREALLOCATED_MIN_ITEMS = 5
+PREALLOCATED_NOTE = ("~0 per request: the server preallocates GPU memory (as vLLM does), so a "
+                     "request's VRAM is not visible; see GPU memory used")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -53,4 +61,31 @@ def summarize(state: RunState) -> dict[str, Any]:
         summary["items_per_s"] = (state.done + state.failed) / (state.recent[-1] - state.started_at)
     else:
         summary["items_per_s"] = None
+    summary["failures"] = failures(state)
+    summary["tokens_source"] = dict(Counter(r.tokens_source for r in completed
+                                            if r.tokens_source is not None).most_common())
+    summary["vram_note"] = vram_note(completed)
     return summary
+
+
+def failures(state: RunState, top: int = TOP_FAILURES) -> list[dict[str, Any]]:
+    """The commonest item errors of the run (``reason: message``), with counts, most first;
+    the rest summed up as one last entry ``{"reason": "other", ...}``."""
+    counts = Counter(r.error for r in state.items.values() if not r.ok)
+    ranked = counts.most_common()
+    shown = [{"reason": reason, "count": n} for reason, n in ranked[:top]]
+    if rest := sum(n for _, n in ranked[top:]):
+        shown.append({"reason": "other", "count": rest})
+    return shown
+
+
+def vram_note(completed: Sequence[ItemResult]) -> str | None:
+    """Why the per-request VRAM figures are missing or ~0, if they are: the backend's own note
+    (a remote server, a CPU model), or a server that preallocated its memory."""
+    notes = Counter(r.vram_note for r in completed if r.vram_note)
+    if notes:
+        return str(notes.most_common(1)[0][0])
+    deltas = [r.vram_peak_delta_mb for r in completed if r.vram_peak_delta_mb is not None]
+    if len(deltas) >= PREALLOCATED_MIN_ITEMS and all(abs(d) < PREALLOCATED_MB for d in deltas):
+        return PREALLOCATED_NOTE
+    return None

@@ -20,7 +20,11 @@ TERMINAL = ("finished", "failed", "cancelled")
 
 
 class ItemResult(NamedTuple):
-    """The latest outcome of one item: the fields the summary needs."""
+    """The latest outcome of one item: the fields the summary needs.
+
+    ``error`` is a failed item's ``"reason: message"`` (as answers.csv writes it);
+    ``tokens_source`` and ``vram_note`` say how a completed item's tokens and VRAM were measured.
+    """
 
     ok: bool
     score: float | None
@@ -28,6 +32,23 @@ class ItemResult(NamedTuple):
     tpot_ms: float | None
     e2e_ms: float | None
     vram_peak_delta_mb: float | None
+    error: str | None = None
+    tokens_source: str | None = None
+    vram_note: str | None = None
+
+
+class AmbiguousName(LookupError):
+    """A run name that several runs share: the caller must pick one by its id."""
+
+    def __init__(self, name: str, runs: Sequence[str]) -> None:
+        self.name, self.runs = name, list(runs)
+        super().__init__(f"the name {name!r} matches {len(runs)} runs ({', '.join(runs)}); "
+                         "name one by its id")
+
+
+def item_error(body: dict[str, Any]) -> str:
+    """A failed item's error as answers.csv and the run summary write it: ``reason: message``."""
+    return f"{body.get('reason')}: {body.get('message')}"
 
 
 @dataclass
@@ -56,6 +77,8 @@ class RunState:
     done: int = 0
     failed: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RATE_POINTS))
+    # what each shard's agent said it is doing, latest last (a ``run.phase`` body), while it runs
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_seq: int = 0
 
     @property
@@ -96,6 +119,24 @@ class RunState:
             return None
         return max(total - self.done - self.failed, 0) / rate
 
+    @property
+    def outcome(self) -> str | None:
+        """How an ended run ended: ``finished`` (no failed item), ``finished_with_failures``,
+        ``failed`` or ``cancelled``; None while it is not over. `vlmd run`'s exit status and the
+        dashboard's badge follow it."""
+        status = self.status
+        if status not in TERMINAL:
+            return None
+        return "finished_with_failures" if status == "finished" and self.failed else status
+
+    @property
+    def phase(self) -> dict[str, Any] | None:
+        """What the run's agents last said they are doing (resolving, building, loading,
+        preflight, warmup, evaluating...), while the run is not over; None otherwise."""
+        if not self.phases or self.status in TERMINAL:
+            return None
+        return next(reversed(self.phases.values()))
+
     def to_dict(self) -> dict[str, Any]:
         """The run as `GET /api/runs` shows it (without the per-item data)."""
         return {
@@ -107,22 +148,30 @@ class RunState:
             "last_heartbeat": self.last_heartbeat, "alerts": self.alerts,
             "last_alert": self.last_alert, "reason": self.reason,
             "shards": dict(sorted(self.shards.items())), "last_seq": self.last_seq,
+            "outcome": self.outcome, "phase": self.phase,
         }
 
 
 @dataclass
 class Tracker:
-    """Every run by id, a name -> id index, and the seq of the last event folded in."""
+    """Every run by id, a name -> ids index (oldest first), and the seq of the last event
+    folded in."""
 
     runs: dict[str, RunState] = field(default_factory=dict)
-    names: dict[str, str] = field(default_factory=dict)
+    names: dict[str, list[str]] = field(default_factory=dict)
     last_seq: int = 0
 
     def find(self, run_or_name: str) -> RunState | None:
-        """A run by its id or its human name (the newest run of that name)."""
+        """A run by its id or its human name; None if there is none.
+
+        Raises AmbiguousName when the name is no id and several runs carry it.
+        """
         state = self.runs.get(run_or_name)
         if state is None and run_or_name in self.names:
-            state = self.runs.get(self.names[run_or_name])
+            ids = self.names[run_or_name]
+            if len(ids) > 1:
+                raise AmbiguousName(run_or_name, ids)
+            state = self.runs.get(ids[0])
         return state
 
 
@@ -135,7 +184,9 @@ def _submitted(s: RunState, e: Event, t: Tracker) -> None:
         s.shard_count = b["shards"]
     if b.get("name"):
         s.name = b["name"]
-        t.names[b["name"]] = s.run
+        ids = t.names.setdefault(b["name"], [])
+        if s.run not in ids:
+            ids.append(s.run)
 
 
 def _shard(body: dict[str, Any]) -> str:
@@ -172,10 +223,25 @@ def _item(s: RunState, e: Event, t: Tracker) -> None:
     elif old.ok != ok:  # a failed item retried and completed
         s.done += 1
         s.failed -= 1
-    get = b.get
-    s.items[item] = tuple.__new__(ItemResult, (  # ItemResult(...), without its slow __new__
-        ok, get("score"), get("ttft_ms"), get("tpot_ms"), get("e2e_ms"),
-        get("vram_peak_delta_mb")))
+    s.items[item] = _result(ok, b)
+
+
+def _result(ok: bool, body: dict[str, Any]) -> ItemResult:
+    """An item event's `ItemResult` (built without NamedTuple's slow ``__new__``)."""
+    get = body.get
+    if ok:
+        return tuple.__new__(ItemResult, (
+            True, get("score"), get("ttft_ms"), get("tpot_ms"), get("e2e_ms"),
+            get("vram_peak_delta_mb"), None, get("tokens_source"), get("vram_note")))
+    return tuple.__new__(ItemResult, (False, get("score"), get("ttft_ms"), get("tpot_ms"),
+                                      get("e2e_ms"), get("vram_peak_delta_mb"), item_error(body),
+                                      None, None))
+
+
+def _phase(s: RunState, e: Event, t: Tracker) -> None:
+    shard = _shard(e.body)
+    s.phases.pop(shard, None)  # re-inserted last: the latest word is the one shown
+    s.phases[shard] = {**e.body, "shard": shard, "at": e.ts}
 
 
 def _heartbeat(s: RunState, e: Event, t: Tracker) -> None:
@@ -194,11 +260,13 @@ def _ended(s: RunState, e: Event, t: Tracker) -> None:
     status = e.kind.removeprefix("run.")
     if e.body.get("shard") and status != "cancelled":
         s.shards[str(e.body["shard"])] = status
+        s.phases.pop(str(e.body["shard"]), None)
         if s.status in TERMINAL:
             s.finished_at = e.ts
     else:
         s.ended = status
         s.finished_at = e.ts
+        s.phases.clear()
         if status != "cancelled":
             s.shards = dict.fromkeys(s.shards, status)
     if status != "finished":
@@ -223,7 +291,7 @@ HANDLERS: dict[str, Callable[[RunState, Event, Tracker], None]] = {
     "run.submitted": _submitted, "run.started": _started, "item.completed": _item,
     "item.failed": _item, "watchdog.heartbeat": _heartbeat, "watchdog.sample": _ignore,
     "run.finished": _ended, "run.failed": _ended, "run.cancelled": _ended,
-    "run.scheduled": _scheduled, "scheduler.task": _ignore,
+    "run.scheduled": _scheduled, "scheduler.task": _ignore, "run.phase": _phase,
 }
 
 
@@ -254,18 +322,18 @@ def outcomes(events: Sequence[Event]) -> Outcomes:
     for event in events:
         kind = event[3]
         if kind == "item.completed":
-            ok = True
+            body = event[6]
+            item = body["item"]
+            get = body.get
+            add((item if type(item) is str else str(item), new(ItemResult, (  # no slow __new__
+                True, get("score"), get("ttft_ms"), get("tpot_ms"), get("e2e_ms"),
+                get("vram_peak_delta_mb"), None, get("tokens_source"), get("vram_note")))))
         elif kind == "item.failed":
-            ok = False
+            body = event[6]
+            item = body["item"]
+            add((item if type(item) is str else str(item), _result(False, body)))
         else:
             add(None)
-            continue
-        body = event[6]
-        item = body["item"]
-        get = body.get
-        add((item if type(item) is str else str(item), new(ItemResult, (  # no slow __new__
-            ok, get("score"), get("ttft_ms"), get("tpot_ms"), get("e2e_ms"),
-            get("vram_peak_delta_mb")))))
     return found
 
 

@@ -33,7 +33,7 @@ from vlmd.live.replay import Replays
 from vlmd.live.state import Live, WriteRefused
 from vlmd.projections import answers
 from vlmd.projections.summary import summarize
-from vlmd.projections.tracker import RunState
+from vlmd.projections.tracker import AmbiguousName, RunState
 from vlmd.store.log import dumps_events
 from vlmd.web import images
 from vlmd.web.metrics import route as metrics_route
@@ -139,8 +139,16 @@ class Api:
                                 "send smaller batches")
         return b"".join(chunks)
 
+    def find(self, run: str) -> RunState | None:
+        """The run of that id or name, else None; a name several runs share is a 409 that
+        lists them."""
+        try:
+            return self.live.tracker.find(run)
+        except AmbiguousName as e:
+            raise ApiError(409, str(e), runs=e.runs) from None
+
     def run_state(self, run: str) -> RunState:
-        state = self.live.tracker.find(run)
+        state = self.find(run)
         if state is None:
             raise ApiError(404, f"no run {run[:200]!r} (neither an id nor a name in the log)")
         return state
@@ -285,7 +293,7 @@ class Api:
             raise ApiError(400, f"after must be from 0 to {MAX_SEQ} and limit >= 1")
         run = q.get("run") or None
         if run is not None:
-            found = self.live.tracker.find(run)
+            found = self.find(run)
             run = found.run if found else run
         kinds = q.getlist("kind") or None
         if kinds is not None and len(kinds) > MAX_KINDS:
@@ -326,7 +334,11 @@ class Api:
                                               f"not {len(kinds)}"))
             return
         if run is not None:
-            found = self.live.tracker.find(run)
+            try:
+                found = self.find(run)
+            except ApiError as e:
+                await ws.close(WS_POLICY, _reason(e.message))
+                return
             run = found.run if found else run
         sub = self.live.subscribe(
             run, kinds, wsframes.negotiated(ws.headers.get("sec-websocket-extensions")))
