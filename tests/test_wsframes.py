@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from pathlib import Path
 
 import orjson
 import pytest
@@ -173,3 +174,29 @@ def test_install_puts_it_in_wsproto_and_hypercorn() -> None:
     assert status == 101
     assert dict(headers)[b"sec-websocket-extensions"] == (
         b"permessage-deflate; server_no_context_takeover; client_max_window_bits=15")
+
+
+def test_the_library_internals_it_patches_are_all_there() -> None:
+    """Fails, naming the attribute, when a wsproto or hypercorn release moves one (then
+    update wsframes and the bounds in pyproject.toml together)."""
+    assert wsframes.missing_internals() == [], (
+        "vlmd.live.wsframes relies on library internals that the installed wsproto/hypercorn "
+        "lack")
+
+
+def test_a_missing_internal_is_named_and_nothing_is_patched(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FrameProtocol, "send_data", FrameProtocol.send_data)  # restored after
+    monkeypatch.delattr(ws_stream, "PerMessageDeflate")
+    assert wsframes.missing_internals() == ["hypercorn.protocol.ws_stream.PerMessageDeflate"]
+    before = FrameProtocol.send_data
+    assert wsframes.install() is False
+    assert FrameProtocol.send_data is before
+
+
+def test_only_the_daemon_installs_the_patches() -> None:
+    """One place: `serve` installs them once; building the app does not."""
+    root = Path(wsframes.__file__).resolve().parents[1]
+    callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                     if "wsframes.install()" in p.read_text())
+    assert callers == ["daemon/serve.py"]

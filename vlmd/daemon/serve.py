@@ -27,7 +27,7 @@ from vlmd.daemon import datasette, notify
 from vlmd.launch import slurm
 from vlmd.launch.launcher import LocalLauncher
 from vlmd.launch.slurm import SlurmLauncher
-from vlmd.live import liveness
+from vlmd.live import liveness, wsframes
 from vlmd.live.feed import Feed
 from vlmd.live.state import Live, WriteRefused
 from vlmd.store.log import Appended, EventLog
@@ -126,6 +126,9 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
         token = config.resolve_token()
         warn_if_exposed(config)
         launcher = await _launcher(config, token, live)
+        if not wsframes.install():  # one serialisation of each feed frame for every client
+            log.warning("wsproto or hypercorn lacks %s: feed frames are built per connection "
+                        "(slower with many clients)", ", ".join(wsframes.missing_internals()))
         app = build_app(live, token, max_body=int(config.server.max_body_mb * 1024 * 1024),
                         launcher=launcher, read_token=config.server.read_token)
         shutdown = trio.Event() if shutdown is None else shutdown

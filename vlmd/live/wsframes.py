@@ -143,10 +143,47 @@ def send_data(self: FrameProtocol, payload: Any = b"", fin: bool = True) -> Any:
     return _original(self, payload, fin)
 
 
-def install() -> None:
-    """Use `send_data` for every wsproto connection in this process, and `SharedDeflate` for
-    hypercorn's WebSocket handshakes (idempotent)."""
+# The library internals this module relies on, beyond their public APIs: (where, attribute).
+# pyproject.toml bounds wsproto and hypercorn to the versions these were checked against.
+INTERNALS: tuple[tuple[str, str], ...] = (
+    ("wsproto.frame_protocol.FrameProtocol", "send_data"),
+    ("wsproto.frame_protocol.FrameProtocol()", "client"),
+    ("wsproto.frame_protocol.FrameProtocol()", "extensions"),
+    ("wsproto.frame_protocol.FrameProtocol()", "_outbound_opcode"),
+    ("wsproto.extensions.PerMessageDeflate()", "_compressor"),
+    ("wsproto.extensions.PerMessageDeflate()", "server_no_context_takeover"),
+    ("wsproto.extensions.PerMessageDeflate()", "server_max_window_bits"),
+    ("hypercorn.protocol.ws_stream", "PerMessageDeflate"),
+)
+
+
+def missing_internals() -> list[str]:
+    """The `INTERNALS` the installed wsproto and hypercorn lack, as ``where.attribute`` (an
+    empty list when `install` can patch them safely)."""
     from hypercorn.protocol import ws_stream
 
+    objects = {
+        "wsproto.frame_protocol.FrameProtocol": FrameProtocol,
+        "wsproto.frame_protocol.FrameProtocol()": FrameProtocol(client=False, extensions=[]),
+        "wsproto.extensions.PerMessageDeflate()": PerMessageDeflate(),
+        "hypercorn.protocol.ws_stream": ws_stream,
+    }
+    return [f"{where}.{name}" for where, name in INTERNALS
+            if not hasattr(objects[where], name)]
+
+
+def install() -> bool:
+    """Use `send_data` for every wsproto connection in this process, and `SharedDeflate` for
+    hypercorn's WebSocket handshakes (idempotent). Called once, by `vlmd.daemon.serve`.
+
+    When the installed libraries lack an internal this relies on (`missing_internals`), nothing
+    is patched and the feed works the libraries' own way (slower with many clients): returns
+    False, and the caller logs which attribute is missing.
+    """
+    from hypercorn.protocol import ws_stream
+
+    if missing_internals():
+        return False
     FrameProtocol.send_data = send_data  # type: ignore[method-assign]
     setattr(ws_stream, "PerMessageDeflate", SharedDeflate)  # noqa: B010 (a module global)
+    return True

@@ -443,7 +443,6 @@ def build_app(live: Live, token: str, *, max_body: int,
     """The Starlette app over `live`; writes need `token` (and reads too with `read_token`);
     bodies are capped at `max_body`; submitted runs are started by `launcher` (without one,
     submissions are refused)."""
-    wsframes.install()  # one serialisation of each feed frame for all its subscribers
     api = Api(live, token, max_body, read_token=read_token)
     api.launcher = launcher
     replays = Replays(live, api.authorize, api.read_body)
