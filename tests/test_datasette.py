@@ -151,5 +151,5 @@ def test_vlmd_datasette_opens_an_old_copy_without_writing_it(tmp_path: Path) -> 
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0
-    assert "predates the SQL views: serving a migrated snapshot" in out
+    assert "predates this vlmd's SQL views: serving a migrated snapshot" in out
     assert old.read_bytes() == before

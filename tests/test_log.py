@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.events import completed, ev, started, submitted
+from vlmd.store import migrations
 from vlmd.store.log import EventLog
 from vlmd.store.migrations import MIGRATIONS
 
@@ -91,15 +92,49 @@ def test_migrations_are_recorded_and_applied_once(tmp_path: Path) -> None:
     EventLog.open(tmp_path / "v.db").close()
     EventLog.open(tmp_path / "v.db").close()
     conn = sqlite3.connect(tmp_path / "v.db")
-    names = [r[0] for r in conn.execute("SELECT name FROM migrations")]
+    names = [r[0] for r in conn.execute(
+        "SELECT name FROM _sqlite_migrations WHERE migration_set = 'vlmd' ORDER BY id")]
     assert names == [name for name, _ in MIGRATIONS]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_log_that_recorded_migrations_in_the_old_table_is_adopted(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    conn.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied REAL)")
+    for step in MIGRATIONS[0][1]:
+        conn.execute(step)
+    conn.execute("INSERT INTO migrations VALUES ('0001_events', 0)")
+    conn.execute("INSERT INTO events (key, run, kind, ts, received, body) "
+                 "VALUES ('k', 'r', 'run.finished', 1, 1, '{}')")
+    conn.close()
+    log = EventLog.open(tmp_path / "old.db")  # no "table events already exists"
+    assert [e.key for e in log.read()] == ["k"]
+    log.close()
+    conn = sqlite3.connect(tmp_path / "old.db")
+    assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations ORDER BY id")] == [
+        name for name, _ in MIGRATIONS]
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'migrations'"
+                        ).fetchone()[0] == 0
+    assert migrations.pending(conn) == []
+
+
+def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = (*MIGRATIONS, ("9000_broken", ("CREATE TABLE half (x)", "NOT SQL")))
+    monkeypatch.setattr(migrations, "MIGRATIONS", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        EventLog.open(tmp_path / "v.db")
+    conn = sqlite3.connect(tmp_path / "v.db")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "half" not in tables and "events" not in tables  # one transaction: all or nothing
+    assert migrations.pending(conn) == [name for name, _ in broken]
 
 
 def test_a_log_from_a_newer_vlmd_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     EventLog.open(tmp_path / "v.db").close()
     conn = sqlite3.connect(tmp_path / "v.db")
-    conn.execute("INSERT INTO migrations VALUES ('9999_future', 0)")
+    conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                 "VALUES ('vlmd', '9999_future', 'now')")
     conn.commit()
     with pytest.raises(RuntimeError, match=r"9999_future.*upgrade vlmd"):
         EventLog.open(tmp_path / "v.db")

@@ -27,8 +27,7 @@ import trio
 
 from vlmd.daemon.datasette_meta import DATABASE, metadata
 from vlmd.store.log import connect
-from vlmd.store.migrations import migrate
-from vlmd.store.views import VIEWS
+from vlmd.store.migrations import migrate, pending
 
 HOST = "127.0.0.1"
 SQL_TIME_LIMIT_MS = 5_000
@@ -46,14 +45,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def has_views(db: Path) -> bool:
-    """Whether the log at `db` already holds every view (an old copy may not)."""
+def is_current(db: Path) -> bool:
+    """Whether the log at `db` has every migration of this vlmd (views included): an old copy
+    may lack some, or hold older views."""
     conn = connect(db, readonly=True)
     try:
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
+        return not pending(conn)
     finally:
         conn.close()
-    return set(VIEWS) <= names
 
 
 def command(db: Path, port: int, metadata_file: Path, *, immutable: bool = False) -> list[str]:
@@ -131,11 +130,12 @@ def run_foreground(db: str | Path, port: int) -> int:
     A log that predates the views is served from a migrated snapshot, so the file itself is
     never written.
     """
-    snapshot = not has_views(Path(db))
+    snapshot = not is_current(Path(db))
     port = port or free_port()
     with prepared(db, snapshot=snapshot) as (target, meta):
         if snapshot:
-            print(f"{db} predates the SQL views: serving a migrated snapshot of it", flush=True)
+            print(f"{db} predates this vlmd's SQL views: serving a migrated snapshot of it",
+                  flush=True)
         print(f"Datasette: http://{HOST}:{port}/{DATABASE}", flush=True)
         child = subprocess.Popen(command(target, port, meta, immutable=snapshot))
         stopped: list[int] = []
