@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import psutil
+import pytest
 import trio
 
 from tests.conftest import TOKEN, daemon_config
@@ -121,13 +122,16 @@ async def test_the_daemon_runs_datasette_over_the_live_log(tmp_path: Path,
             await trio.sleep(0.05)
 
 
-def test_vlmd_datasette_opens_an_old_copy_without_writing_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("applied", [1, 2])  # no views yet; the views of 0002
+def test_vlmd_datasette_opens_an_old_copy_without_writing_it(tmp_path: Path,
+                                                               applied: int) -> None:
     old = tmp_path / "old-log.db"
     conn = sqlite3.connect(old, isolation_level=None)
     conn.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied REAL)")
-    for step in MIGRATIONS[0][1]:
-        conn.execute(step)
-    conn.execute("INSERT INTO migrations VALUES ('0001_events', 0)")
+    for name, steps in MIGRATIONS[:applied]:
+        for step in steps:
+            conn.execute(step)
+        conn.execute("INSERT INTO migrations VALUES (?, 0)", (name,))
     conn.execute("INSERT INTO events (key, run, kind, ts, received, body) VALUES "
                  "('k1', 'old', 'item.completed', 1, 2, '{\"item\": 7, \"answer\": \"C\"}')")
     conn.close()
@@ -145,11 +149,23 @@ def test_vlmd_datasette_opens_an_old_copy_without_writing_it(tmp_path: Path) -> 
                                  params={"_shape": "array"}).json()
             except httpx.TransportError:
                 time.sleep(0.1)
-        assert rows is not None and [(r["run"], r["item"], r["answer"]) for r in rows] == [
-            ("old", "7", "C")]
+        assert rows is not None and [(r["run"], r["item"], r["answer"], r["outcome"])
+                                     for r in rows] == [("old", "7", "C", "unscored")]
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert "predates this vlmd's SQL views: serving a migrated snapshot" in out
     assert old.read_bytes() == before
+
+
+def test_the_metadata_describes_every_column_of_every_view(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "v.db")
+    conn.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied REAL)")
+    for _, steps in MIGRATIONS:
+        for step in steps:
+            conn.execute(step)
+    for table, (_, _, columns) in TABLES.items():
+        have = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        assert have == [c for c, _, _ in columns], table
+    conn.close()

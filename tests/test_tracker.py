@@ -29,6 +29,11 @@ one_event = st.one_of(
                                                         "wrapper_state": "idle"}),
               st.sampled_from(RUNS)),
     st.builds(lambda run: ev(run, "alert.hang", {"message": "m"}), st.sampled_from(RUNS)),
+    st.builds(lambda run, resume: ev(run, "run.scheduled", {
+        "scheduler": "slurm", "job": "1", "shards": [0], "of": 1, "resume": resume}),
+        st.sampled_from(RUNS), st.booleans()),
+    st.builds(lambda run: ev(run, "run.cancelled", {"reason": "by the user"}),
+              st.sampled_from(RUNS)),
 )
 
 
@@ -50,3 +55,12 @@ def test_a_retried_item_that_completes_counts_once_as_done() -> None:
     state = tracker.apply_many(tracker.Tracker(), events).runs["a"]
     assert (state.done, state.failed) == (2, 0)
     assert state.items["1"].ok and state.last_seq == 6
+
+
+def test_accuracy_follows_the_kept_outcomes() -> None:
+    events = stored([started("a"), completed("a", 1, score=1.0), completed("a", 2, score=0.0),
+                     {**completed("a", 2, score=1.0), "key": "a/item/2/1"},  # a better retry
+                     failed("a", 1, attempt=1),  # does not undo item 1
+                     failed("a", 3), {**completed("a", 3, score=0.0), "key": "a/item/3/1"}])
+    state = tracker.fold(events).runs["a"]
+    assert (state.done, state.failed, state.scored, state.accuracy) == (3, 0, 3, 2 / 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sqlite3
@@ -15,11 +16,11 @@ from vlmd.projections import answers, summary, tracker
 from vlmd.projections.gpus import SAMPLE_COLUMNS, sample_rows
 from vlmd.store import views
 from vlmd.store.log import EventLog
-from vlmd.store.migrations import MIGRATIONS
+from vlmd.store.migrations import MIGRATIONS, migrate
 
 RUN_FIELDS = ("run", "name", "model", "dataset", "status", "done", "failed", "total",
               "submitted_at", "started_at", "finished_at", "last_event_at", "last_heartbeat",
-              "alerts", "last_alert", "reason", "last_seq")
+              "alerts", "last_alert", "reason", "last_seq", "outcome")
 
 
 def gpu(index: int, used: float) -> dict[str, Any]:
@@ -85,6 +86,14 @@ def random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
                           {"host": "h", "pid": 1, "wrapper_pid": 2, "wrapper_state": "running"}))
         elif roll < 0.86:
             out.append(ev(run, rng.choice(["alert.agent_lost", "alert.hang"]), {"message": "x"}))
+        elif roll < 0.89:
+            n = rng.choice([1, 2])
+            out.append(ev(run, "run.scheduled", {
+                "scheduler": "slurm", "job": str(i), "of": n, "resume": rng.random() < 0.5,
+                "shards": rng.sample(range(n), rng.randrange(1, n + 1))}))
+        elif roll < 0.90:
+            out.append(ev(run, "scheduler.task", {"scheduler": "slurm", "job": f"{i}_0",
+                                                  "shard": "0/1", "state": "PENDING"}))
         elif roll < 0.93:
             kind = rng.choice(["run.finished", "run.failed", "run.cancelled"])
             body = {"reason": rng.choice(["", "boom"])} if kind != "run.finished" else {}
@@ -138,11 +147,16 @@ def check_agreement(log: EventLog) -> int:
         expected = state.to_dict()
         got = {f: runs[run][f] for f in RUN_FIELDS}
         assert got == {f: expected[f] for f in RUN_FIELDS}, run
+        assert json.loads(runs[run]["shards"]) == expected["shards"], run
+        assert list(json.loads(runs[run]["shards"])) == list(expected["shards"]), run
+        assert runs[run]["accuracy"] == pytest.approx(expected["accuracy"], rel=1e-12), run
         items = query(log, "SELECT * FROM items WHERE run = ?", run)
-        rows = list(answers.fold(log.read(run=run, kinds=answers.ITEM_KINDS)).values())
-        assert [{c: r[c] for c in answers.COLUMNS} for r in items] == [
+        kept = answers.latest(log.read(run=run, kinds=answers.ITEM_KINDS))
+        served = [answers.served(e) for e in kept.values()]
+        columns = (*answers.COLUMNS, "seq", "outcome")
+        assert [{c: r[c] for c in columns} for r in items] == [
             {c: (answers._cell(v) if isinstance(v, list) else v) for c, v in row.items()}
-            for row in rows]
+            for row in served]
         [ms] = query(log, "SELECT * FROM model_summary WHERE run = ?", run)
         want = summary.summarize(state)
         assert (ms["completed"], ms["failed"], ms["scored"]) == (
@@ -187,10 +201,28 @@ def test_views_agree_with_the_folds_on_random_logs(tmp_path: Path, seed: int) ->
     assert check_agreement(log) >= 1
 
 
-def test_the_views_use_the_summary_percentiles() -> None:
+def test_the_views_use_the_summary_percentiles_and_outcome_classes() -> None:
     assert views.METRICS == summary.METRICS
     assert views.QUANTILES == summary.QUANTILES
-    assert MIGRATIONS[-1][0] == "0002_views" or "0002_views" in [m[0] for m in MIGRATIONS]
+    assert views.CORRECT_AT == answers.CORRECT_AT
+
+
+def test_a_log_made_by_0002_gets_the_views_of_0003(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied REAL)")
+    for name, steps in MIGRATIONS[:2]:  # what a vlmd before 0003 left
+        for step in steps:
+            conn.execute(step)
+        conn.execute("INSERT INTO migrations VALUES (?, 0)", (name,))
+    assert [c[1] for c in conn.execute("PRAGMA table_info(runs)")].count("shards") == 0
+    assert migrate(conn) == ["0003_views"]
+    conn.close()
+    log = make_log(path, [*fixed_events(), ev("b", "run.scheduled", {
+        "scheduler": "slurm", "job": "9", "shards": [1], "of": 2, "resume": True})])
+    assert check_agreement(log) == 2
+    [b] = query(log, "SELECT status, shards FROM runs WHERE run = 'b'")
+    assert b == {"status": "stalled", "shards": '{"0/2":"finished","1/2":"scheduled"}'}  # lost
 
 
 def test_percentiles_interpolate_like_numpy_linear(tmp_path: Path) -> None:

@@ -56,6 +56,8 @@ TABLES: dict[str, tuple[str, str, tuple[Column, ...]]] = {
         ("done", None, "Items completed"),
         ("failed", None, "Items whose latest outcome is a failure"),
         ("total", None, "Items in the run: as submitted, else the started shards' shares"),
+        ("accuracy", None, "Mean score of the completed items that have one, 0 to 1"),
+        ("shards", None, "Each shard's state (running, scheduled, finished, failed), JSON"),
         ("submitted_at", None, "When the run was submitted, Unix seconds"),
         ("started_at", None, "When the first agent started, Unix seconds"),
         ("finished_at", None, "When the run ended, Unix seconds"),
@@ -64,12 +66,15 @@ TABLES: dict[str, tuple[str, str, tuple[Column, ...]]] = {
         ("alerts", None, "How many alert.* events it has"),
         ("last_alert", None, "Kind of its latest alert"),
         ("reason", None, "Why it failed or was cancelled"),
+        ("outcome", None, "How it ended: finished, finished_with_failures, failed or "
+                          "cancelled; empty while it is not over"),
         ("events", None, "Events in the log for this run"),
         ("last_seq", None, "Seq of its latest event"),
     )),
     "items": ("Items", "One row per item of a run, the answers.csv columns: the latest "
               "completion wins; a failure replaces only an earlier failure.", (
         *_ITEM_COLUMNS,
+        ("outcome", None, "correct (score >= 0.5), wrong, unscored or failed"),
         ("reason", None, "Failure reason: oom, timeout, backend_error or bad_input"),
         ("shard", None, "The agent's shard (i/n) that produced the row"),
         ("ts", None, "Producer time of the row's event, Unix seconds"),

@@ -1,7 +1,9 @@
 """answers.csv: one row per item of a run, folded from its item events in log order.
 
-An item keeps the row of its latest completion; a failure replaces only an earlier failure (a
-retry that fails does not undo an answer). Rows are in the order each item first appeared.
+Which event an item's row comes from is the tracker's item-outcome rule
+(`vlmd.projections.tracker.supersedes`): the latest completion, else the latest failure. Rows
+are in the order each item first appeared. The dashboard is served the same rows (`served`),
+with the seq of their event and their outcome class.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Any
 
 import orjson
 
+from vlmd.projections.tracker import supersedes
 from vlmd.store.log import Event
 from vlmd_agent import catalog
 
 COLUMNS = catalog.ANSWER_COLUMNS  # declared, with meanings and units, in the event catalog
 ITEM_KINDS = ("item.completed", "item.failed")
+CORRECT_AT = 0.5  # a score from here up is a correct answer (the dashboard's filter)
 Row = dict[str, Any]
 
 
@@ -34,24 +38,52 @@ def row_of(event: Event) -> Row:
     return row
 
 
+def outcome(event: Event) -> str:
+    """The outcome class of an item event: correct, wrong, unscored or failed."""
+    if event.kind == "item.failed":
+        return "failed"
+    score = event.body.get("score")
+    if score is None:
+        return "unscored"
+    return "correct" if score >= CORRECT_AT else "wrong"
+
+
+def served(event: Event) -> Row:
+    """The row of an item as the dashboard is served it: its answers.csv row, the seq of the
+    event it comes from, and its `outcome` class."""
+    row = row_of(event)
+    row["seq"], row["outcome"] = event.seq, outcome(event)
+    return row
+
+
 def apply(rows: dict[str, Row], event: Event) -> dict[str, Row]:
     """Fold one item event into `rows` (item -> row) and return it."""
     if event.kind not in ITEM_KINDS:
         return rows
     item = str(event.body["item"])
     old = rows.get(item)
-    if old is not None and old["error"] is None and event.kind == "item.failed":
-        return rows
-    rows[item] = row_of(event)
+    if old is None or supersedes(old["error"] is None, event.kind == "item.completed"):
+        rows[item] = row_of(event)
     return rows
+
+
+def latest(events: Iterable[Event]) -> dict[str, Event]:
+    """The event each item's row comes from, by item, in first-appearance order."""
+    kept: dict[str, Event] = {}
+    for event in events:
+        if event.kind not in ITEM_KINDS:
+            continue
+        item = str(event.body["item"])
+        old = kept.get(item)
+        if old is None or supersedes(old.kind == "item.completed",
+                                     event.kind == "item.completed"):
+            kept[item] = event
+    return kept
 
 
 def fold(events: Iterable[Event]) -> dict[str, Row]:
     """Every item's row, in first-appearance order."""
-    rows: dict[str, Row] = {}
-    for event in events:
-        apply(rows, event)
-    return rows
+    return {item: row_of(event) for item, event in latest(events).items()}
 
 
 def _cell(value: Any) -> str:

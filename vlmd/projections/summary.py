@@ -46,14 +46,15 @@ def describe(values: list[float]) -> dict[str, float | int | None]:
 
 
 def summarize(state: RunState) -> dict[str, Any]:
-    """Accuracy (mean score of completed, scored items) and the distribution of each metric."""
+    """Accuracy (mean score of completed, scored items, as the tracker keeps it) and the
+    distribution of each metric over the completed items: O(items), so callers cache it by
+    the run's ``item_seq`` (`vlmd.live.state.Live.summary`)."""
     completed = [r for r in state.items.values() if r.ok]
-    scores = [r.score for r in completed if r.score is not None]
     summary: dict[str, Any] = {
-        "completed": len(completed),
-        "failed": len(state.items) - len(completed),
-        "scored": len(scores),
-        "accuracy": math.fsum(scores) / len(scores) if scores else None,
+        "completed": state.done,
+        "failed": state.failed,
+        "scored": state.scored,
+        "accuracy": state.accuracy,
     }
     for i, name in enumerate(METRICS, start=2):
         summary[name] = describe([v for r in completed if isinstance(v := r[i], int | float)])

@@ -3,6 +3,10 @@
 ``apply(tracker, event)`` is deterministic in the log alone (no clock, no I/O): replaying the same
 events always gives the same state. For speed it updates the state it is given in place and returns
 it; callers that need an old state replay a prefix of the log (`vlmd state --at`).
+
+This fold is the one place that decides a run's status, counters, shard states and accuracy;
+the dashboard, the CLI and the state stream show what it decides, and the SQL views
+(`vlmd.store.views`) are held to it by tests.
 """
 
 from __future__ import annotations
@@ -17,6 +21,13 @@ from vlmd.store.log import Event
 RATE_WINDOW_S = 60.0
 RATE_POINTS = 256
 TERMINAL = ("finished", "failed", "cancelled")
+
+
+def supersedes(old_ok: bool, new_ok: bool) -> bool:
+    """The item-outcome rule: whether an item's new outcome replaces its earlier one. A
+    completion replaces anything (the latest answer wins); a failure replaces only a failure: a
+    retry that fails does not undo an answer. The tracker and answers.csv both follow it."""
+    return new_ok or not old_ok
 
 
 class ItemResult(NamedTuple):
@@ -76,10 +87,13 @@ class RunState:
     items: dict[str, ItemResult] = field(default_factory=dict)
     done: int = 0
     failed: int = 0
+    score_sum: float = 0.0  # of the scores of completed items, kept as items change: accuracy
+    scored: int = 0  # is O(1)
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RATE_POINTS))
     # what each shard's agent said it is doing, latest last (a ``run.phase`` body), while it runs
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_seq: int = 0
+    item_seq: int = 0  # the seq of the last item event folded (the summary changes only then)
 
     @property
     def total(self) -> int | None:
@@ -112,6 +126,11 @@ class RunState:
         return n / (last - first) if last > first and n > 0 else None
 
     @property
+    def accuracy(self) -> float | None:
+        """The mean score of the completed items that have one."""
+        return self.score_sum / self.scored if self.scored else None
+
+    @property
     def eta_s(self) -> float | None:
         """Seconds left at the current rate, while the run is running."""
         total, rate = self.total, self.rate
@@ -138,11 +157,12 @@ class RunState:
         return next(reversed(self.phases.values()))
 
     def to_dict(self) -> dict[str, Any]:
-        """The run as `GET /api/runs` shows it (without the per-item data)."""
+        """The run's row as every reader is served it (`GET /api/runs`, the state stream), without
+        the per-item data."""
         return {
             "run": self.run, "name": self.name, "model": self.model, "dataset": self.dataset,
             "status": self.status, "done": self.done, "failed": self.failed,
-            "total": self.total, "rate": self.rate, "eta_s": self.eta_s,
+            "total": self.total, "accuracy": self.accuracy, "rate": self.rate, "eta_s": self.eta_s,
             "submitted_at": self.submitted_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "last_event_at": self.last_event_at,
             "last_heartbeat": self.last_heartbeat, "alerts": self.alerts,
@@ -178,7 +198,8 @@ class Tracker:
 def _submitted(s: RunState, e: Event, t: Tracker) -> None:
     b = e.body
     s.model, s.dataset = b["model"], b["dataset"]
-    s.submitted_total = b.get("total", s.submitted_total)
+    if b.get("total") is not None:  # an optional field sent as null is not there
+        s.submitted_total = b["total"]
     s.submitted_at = e.ts
     if b.get("shards"):
         s.shard_count = b["shards"]
@@ -205,25 +226,43 @@ def _started(s: RunState, e: Event, t: Tracker) -> None:
 
 
 def _item(s: RunState, e: Event, t: Tracker) -> None:
-    b = e.body
-    ok = e.kind == "item.completed"
-    item = b["item"]
-    if type(item) is not str:
-        item = str(item)
-    old = s.items.get(item)
+    found = outcomes([e])[0]
+    assert found is not None  # an item event always has an outcome
+    item, result = found
     s.recent.append(e.ts)
     s.stalled = False
+    s.item_seq = e.seq
+    old = s.items.get(item)
     if old is None:
-        if ok:
-            s.done += 1
-        else:
-            s.failed += 1
-    elif old.ok and not ok:
-        return  # a completed item stays completed; a later failure of a retry does not undo it
-    elif old.ok != ok:  # a failed item retried and completed
+        _first(s, result)
+    elif supersedes(old[0], result[0]):
+        _replace(s, old, result)
+    else:
+        return
+    s.items[item] = result
+
+
+def _first(s: RunState, result: ItemResult) -> None:
+    """Count an item's first outcome."""
+    if result[0]:
         s.done += 1
+        if (score := result[1]) is not None:
+            s.score_sum += score
+            s.scored += 1
+    else:
+        s.failed += 1
+
+
+def _replace(s: RunState, old: ItemResult, new: ItemResult) -> None:
+    """Count an item's new outcome in place of its old one (`supersedes` said it replaces it)."""
+    if old[0]:
+        s.done -= 1
+        if (score := old[1]) is not None:
+            s.score_sum -= score
+            s.scored -= 1
+    else:
         s.failed -= 1
-    s.items[item] = _result(ok, b)
+    _first(s, new)
 
 
 def _result(ok: bool, body: dict[str, Any]) -> ItemResult:
@@ -274,13 +313,16 @@ def _ended(s: RunState, e: Event, t: Tracker) -> None:
 
 
 def _scheduled(s: RunState, e: Event, t: Tracker) -> None:
-    """A scheduler queued shards (first submission or `vlmd resume`): they are live again."""
+    """A scheduler queued shards (first submission or `vlmd resume`): they are live again, and
+    so is the run. A cancelled run comes back only with a resume: a scheduling reported after
+    the cancel (the job the cancel stopped) changes nothing."""
+    if s.ended == "cancelled" and not e.body.get("resume"):
+        return
     n = e.body["of"]
     s.shard_count = n
     for i in e.body["shards"]:
         s.shards[f"{i}/{n}"] = "scheduled"
-    if s.ended != "cancelled" or e.body.get("resume"):
-        s.ended = s.finished_at = None
+    s.ended = s.finished_at = None
 
 
 def _ignore(s: RunState, e: Event, t: Tracker) -> None:
@@ -341,8 +383,11 @@ def apply_many(tracker: Tracker, events: Sequence[Event], found: Outcomes | None
                ) -> Tracker:
     """`apply` each of `events` in order (what ingest calls per batch): the same result, with
     the common case (a run's items) inline, from `found` (`outcomes(events)`, computed here
-    unless given); the fields every item event sets (stalled, last_event_at, last_seq) are
-    set once per stretch of one run's items."""
+    unless given); the fields every item event sets (stalled, last_event_at, last_seq,
+    item_seq) are set once per stretch of one run's items.
+
+    The items keep the very `ItemResult` objects of `found`: an outcome was kept when
+    ``state.items[item] is result`` afterwards (the state stream tells changed rows so)."""
     if found is None:
         found = outcomes(events)
     runs = tracker.runs
@@ -370,17 +415,18 @@ def apply_many(tracker: Tracker, events: Sequence[Event], found: Outcomes | None
         item, result = outcome
         recent.append(event[4])
         old = items.get(item)
-        if old is None:
+        if old is None:  # the common case, inline: `_first`
             if result[0]:
                 state.done += 1
+                if (score := result[1]) is not None:
+                    state.score_sum += score
+                    state.scored += 1
             else:
                 state.failed += 1
-        elif old[0]:
-            if not result[0]:
-                continue  # a completed item stays completed; a later failure does not undo it
-        elif result[0]:  # a failed item retried and completed
-            state.done += 1
-            state.failed -= 1
+        elif supersedes(old[0], result[0]):
+            _replace(state, old, result)
+        else:
+            continue
         items[item] = result
     if last is not None:
         _items_seen(tracker, state, last)  # type: ignore[arg-type]
@@ -391,7 +437,7 @@ def _items_seen(tracker: Tracker, state: RunState, last: Event) -> None:
     """What every item event of a stretch sets, as its `last` one leaves it."""
     state.stalled = False
     state.last_event_at = last.ts
-    state.last_seq = tracker.last_seq = last.seq
+    state.last_seq = state.item_seq = tracker.last_seq = last.seq
 
 
 def fold(events: Iterable[Event], tracker: Tracker | None = None) -> Tracker:

@@ -11,7 +11,7 @@ import sqlite3
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from vlmd.store import views
+from vlmd.store import views, views_0002
 
 Migration = tuple[str, tuple[str, ...]]
 
@@ -33,7 +33,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         """CREATE TRIGGER events_no_delete BEFORE DELETE ON events
            BEGIN SELECT RAISE(ABORT, 'events is append-only: DELETE is not allowed'); END""",
     )),
-    ("0002_views", views.STATEMENTS),
+    ("0002_views", views_0002.STATEMENTS),
+    # runs and items follow the tracker's rules for schedulings, resumes and cancels; runs gains
+    # accuracy, shards and outcome, items the outcome class
+    ("0003_views", (*(f"DROP VIEW {name}" for name in views.REPLACED), *views.STATEMENTS)),
 )
 
 

@@ -2,11 +2,16 @@
 
 `runs` agrees with `vlmd.projections.tracker` (except the time-windowed rate and ETA, and
 ``finished_at`` when a ``run.submitted`` changes the shard count after shards ended), `items`
-with `vlmd.projections.answers`, `model_summary` with `vlmd.projections.summary` (the same
-linear-interpolation percentiles), `samples` with `vlmd.projections.gpus.sample_rows`, and
-`alerts` with
-the tracker's alert counts; ``tests/test_views.py`` checks each pair on the same log.
-`STATEMENTS` is applied by migration ``0002_views``; never edit it once shipped, add a migration.
+with `vlmd.projections.answers` (the served rows, outcome class included), `model_summary`
+with `vlmd.projections.summary` (the same linear-interpolation percentiles), `samples` (from
+`vlmd.store.views_0002`) with `vlmd.projections.gpus.sample_rows`, and `alerts` with the
+tracker's alert counts. ``tests/test_views.py`` checks each pair on the same log, and
+``tests/test_golden.py`` the fold, these views through Datasette and the dashboard on the golden
+corpus.
+
+Migration ``0003_views`` drops the `REPLACED` views of 0002 and creates `STATEMENTS`. Never
+edit a statement once shipped: to change a view, freeze these (as `views_0002` is) and add a
+migration.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from __future__ import annotations
 # log imports the migrations, which import this module, before the projections can load.
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "vram_peak_delta_mb")
 QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
+CORRECT_AT = 0.5  # vlmd.projections.answers.CORRECT_AT (a test checks)
 
-_ITEMS = """CREATE VIEW items AS
+_ITEMS = f"""CREATE VIEW items AS
 WITH item_events AS (
     SELECT seq, run, kind, ts, body, CAST(json_extract(body, '$.item') AS TEXT) AS item
     FROM events WHERE kind IN ('item.completed', 'item.failed')
 ), ranked AS (
+    -- the tracker's item-outcome rule: the latest completion, else the latest failure
     SELECT *,
         row_number() OVER (PARTITION BY run, item
                            ORDER BY kind = 'item.completed' DESC, seq DESC) AS pick,
@@ -43,66 +50,51 @@ SELECT run, item,
     CASE WHEN kind = 'item.failed'
          THEN json_extract(body, '$.reason') || ': ' || json_extract(body, '$.message') END
         AS error,
+    CASE WHEN kind = 'item.failed' THEN 'failed'
+         WHEN json_extract(body, '$.score') IS NULL THEN 'unscored'
+         WHEN json_extract(body, '$.score') >= {CORRECT_AT} THEN 'correct'
+         ELSE 'wrong' END AS outcome,
     CASE WHEN kind = 'item.failed' THEN json_extract(body, '$.reason') END AS reason,
     json_extract(body, '$.shard') AS shard,
     ts, seq, first_seq, attempts
 FROM ranked WHERE pick = 1 ORDER BY first_seq"""
 
-# One event per sample: inline bodies ({host, t, gpus, ram}) and batches ({host, samples: [...]}).
-_SAMPLES = """CREATE VIEW samples AS
-WITH one AS (
-    SELECT seq, run, json_extract(body, '$.host') AS host, body AS sample, 0 AS part
-    FROM events WHERE kind = 'watchdog.sample' AND json_type(body, '$.samples') IS NULL
-    UNION ALL
-    SELECT e.seq, e.run, json_extract(e.body, '$.host'), s.value, s.key
-    FROM events AS e, json_each(e.body, '$.samples') AS s WHERE e.kind = 'watchdog.sample'
-)
-SELECT one.seq, one.part, one.run, one.host,
-    json_extract(one.sample, '$.t') AS t,
-    json_extract(g.value, '$.index') AS gpu,
-    json_extract(g.value, '$.name') AS gpu_name,
-    coalesce(json_extract(g.value, '$.lost'), 0) AS gpu_lost,
-    json_extract(g.value, '$.mem_used_mb') AS mem_used_mb,
-    json_extract(g.value, '$.mem_total_mb') AS mem_total_mb,
-    json_extract(g.value, '$.proc_mem_mb') AS proc_mem_mb,
-    json_extract(g.value, '$.util_gpu') AS util_gpu,
-    json_extract(g.value, '$.util_mem') AS util_mem,
-    json_extract(g.value, '$.power_w') AS power_w,
-    json_extract(g.value, '$.temp_c') AS temp_c,
-    json_extract(one.sample, '$.ram.rss_mb') AS rss_mb,
-    json_extract(one.sample, '$.ram.host_used_mb') AS host_used_mb,
-    json_extract(one.sample, '$.ram.host_total_mb') AS host_total_mb,
-    json_extract(one.sample, '$.ram.cgroup_usage_mb') AS cgroup_usage_mb,
-    json_extract(one.sample, '$.ram.cgroup_limit_mb') AS cgroup_limit_mb,
-    json_extract(one.sample, '$.ram.oom_kills') AS oom_kills
-FROM one LEFT JOIN json_each(one.sample, '$.gpus') AS g
-ORDER BY one.seq, one.part, g.key"""
-
-_ALERTS = """CREATE VIEW alerts AS
-SELECT seq, run, kind, substr(kind, 7) AS name, ts, received,
-    json_extract(body, '$.host') AS host,
-    json_extract(body, '$.message') AS message,
-    json_extract(body, '$.signal') AS signal,
-    json_extract(body, '$.exit_code') AS exit_code,
-    json_extract(body, '$.shard') AS shard
-FROM events WHERE kind LIKE 'alert.%' ORDER BY seq"""
-
 # The tracker's fold, said in SQL: each field is "the latest event that sets it", by seq.
+# `marks` are the events that set or clear the run-wide end: a start, a resume and a counted
+# scheduling clear it; a run-wide end sets it (every cancel is run-wide). A scheduling counts
+# unless the run is cancelled at that point and it is no resume.
 _RUNS = """CREATE VIEW runs AS
 WITH base AS (
-    SELECT run, max(seq) AS last_seq, count(*) AS events,
-        max(CASE WHEN kind = 'run.started' THEN seq END) AS last_start
-    FROM events GROUP BY run
+    SELECT run, max(seq) AS last_seq, count(*) AS events FROM events GROUP BY run
 ), ends AS (
     SELECT run, seq, ts, substr(kind, 5) AS status,
         coalesce(json_extract(body, '$.shard'), '') AS shard
     FROM events WHERE kind IN ('run.finished', 'run.failed', 'run.cancelled')
+), raw_marks AS (
+    SELECT run, seq, CASE
+            WHEN kind = 'run.started' THEN 'start'
+            WHEN kind = 'run.scheduled' AND json_extract(body, '$.resume') THEN 'resume'
+            WHEN kind = 'run.scheduled' THEN 'schedule'
+            ELSE substr(kind, 5) END AS mark
+    FROM events WHERE kind IN ('run.started', 'run.scheduled', 'run.cancelled')
+        OR (kind IN ('run.finished', 'run.failed')
+            AND coalesce(json_extract(body, '$.shard'), '') = '')
+), marks AS (
+    SELECT m.* FROM raw_marks AS m WHERE m.mark != 'schedule'
+        OR coalesce((SELECT p.mark FROM raw_marks AS p WHERE p.run = m.run AND p.seq < m.seq
+                     AND p.mark != 'schedule' ORDER BY p.seq DESC LIMIT 1), '') != 'cancelled'
+), scheduled AS (
+    SELECT e.run, e.seq, e.body FROM marks AS m JOIN events AS e ON e.seq = m.seq
+    WHERE m.mark IN ('schedule', 'resume')
 ), shard_events AS (
     SELECT run, seq, coalesce(nullif(json_extract(body, '$.shard'), ''), '0/1') AS shard,
         'running' AS status
     FROM events WHERE kind = 'run.started'
     UNION ALL
     SELECT run, seq, shard, status FROM ends WHERE shard != '' AND status != 'cancelled'
+    UNION ALL
+    SELECT s.run, s.seq, j.value || '/' || json_extract(s.body, '$.of'), 'scheduled'
+    FROM scheduled AS s, json_each(s.body, '$.shards') AS j
 ), shard_states AS (
     -- a shard's latest own event, or a later run-wide end (which ends every shard it saw)
     SELECT run, shard, status FROM (
@@ -124,7 +116,7 @@ WITH base AS (
          AND kind = 'run.submitted' AND coalesce(json_extract(body, '$.name'), '') != ''
          ORDER BY seq DESC LIMIT 1) AS name,
         (SELECT json_extract(body, '$.total') FROM events WHERE run = b.run
-         AND kind = 'run.submitted' AND json_type(body, '$.total') IS NOT NULL
+         AND kind = 'run.submitted' AND json_type(body, '$.total') NOT IN ('null', '')
          ORDER BY seq DESC LIMIT 1) AS submitted_total,
         (SELECT sum(json_extract(body, '$.total')) FROM (
             SELECT body, row_number() OVER (
@@ -133,27 +125,34 @@ WITH base AS (
             FROM events WHERE run = b.run AND kind = 'run.started') WHERE k = 1) AS shard_total,
         (SELECT ts FROM events WHERE run = b.run AND kind = 'run.started'
          ORDER BY seq LIMIT 1) AS started_at,
-        (SELECT status FROM ends WHERE run = b.run AND seq > coalesce(b.last_start, 0)
-         AND (shard = '' OR status = 'cancelled') ORDER BY seq DESC LIMIT 1) AS ended,
-        (SELECT ts FROM ends WHERE run = b.run AND seq > coalesce(b.last_start, 0)
+        (SELECT CASE WHEN mark IN ('start', 'resume', 'schedule') THEN NULL ELSE mark END
+         FROM marks WHERE run = b.run ORDER BY seq DESC LIMIT 1) AS ended,
+        (SELECT ts FROM ends WHERE run = b.run AND seq > coalesce((
+            SELECT max(seq) FROM marks WHERE run = b.run
+            AND mark IN ('start', 'resume', 'schedule')), 0)
          ORDER BY seq DESC LIMIT 1) AS last_end_at,
         (SELECT json_extract(body, '$.reason') FROM events WHERE run = b.run
          AND kind IN ('run.failed', 'run.cancelled')
          AND coalesce(json_extract(body, '$.reason'), '') != ''
          ORDER BY seq DESC LIMIT 1) AS reason,
-        (SELECT CASE WHEN kind = 'run.started'
-                     THEN CAST(substr(coalesce(nullif(json_extract(body, '$.shard'), ''), '0/1'),
-                                      instr(coalesce(nullif(json_extract(body, '$.shard'), ''),
-                                                     '0/1'), '/') + 1) AS INTEGER)
-                     ELSE json_extract(body, '$.shards') END
-         FROM events WHERE run = b.run AND (kind = 'run.started'
-            OR (kind = 'run.submitted' AND coalesce(json_extract(body, '$.shards'), 0) != 0))
-         ORDER BY seq DESC LIMIT 1) AS shard_count_raw,
+        (SELECT n FROM (
+            SELECT seq, CAST(substr(coalesce(nullif(json_extract(body, '$.shard'), ''), '0/1'),
+                                    instr(coalesce(nullif(json_extract(body, '$.shard'), ''),
+                                                   '0/1'), '/') + 1) AS INTEGER) AS n
+            FROM events WHERE run = b.run AND kind = 'run.started'
+            UNION ALL
+            SELECT seq, json_extract(body, '$.shards') FROM events WHERE run = b.run
+            AND kind = 'run.submitted' AND coalesce(json_extract(body, '$.shards'), 0) != 0
+            UNION ALL
+            SELECT seq, json_extract(body, '$.of') FROM scheduled WHERE run = b.run)
+         ORDER BY seq DESC LIMIT 1) AS shard_count,
         (SELECT count(*) FROM shard_states WHERE run = b.run) AS shards_seen,
         (SELECT count(*) FROM shard_states WHERE run = b.run
          AND status NOT IN ('finished', 'failed')) AS shards_open,
         (SELECT count(*) FROM shard_states WHERE run = b.run AND status = 'failed')
             AS shards_failed,
+        (SELECT json_group_object(shard, status) FROM (
+            SELECT shard, status FROM shard_states WHERE run = b.run ORDER BY shard)) AS shards,
         (SELECT kind = 'alert.agent_lost' FROM events WHERE run = b.run AND kind IN (
             'alert.agent_lost', 'run.started', 'item.completed', 'item.failed',
             'watchdog.heartbeat') ORDER BY seq DESC LIMIT 1) AS stalled,
@@ -164,29 +163,29 @@ WITH base AS (
          ORDER BY seq DESC LIMIT 1) AS last_heartbeat,
         (SELECT ts FROM events WHERE run = b.run AND kind != 'watchdog.sample'
          ORDER BY seq DESC LIMIT 1) AS last_event_at,
-        (SELECT count(DISTINCT CAST(json_extract(body, '$.item') AS TEXT)) FROM events
-         WHERE run = b.run AND kind = 'item.completed') AS done,
-        (SELECT count(*) FROM (SELECT 1 FROM events WHERE run = b.run
-            AND kind IN ('item.completed', 'item.failed')
-            GROUP BY CAST(json_extract(body, '$.item') AS TEXT)
-            HAVING max(kind = 'item.completed') = 0)) AS failed
+        (SELECT count(*) FROM items WHERE run = b.run AND error IS NULL) AS done,
+        (SELECT count(*) FROM items WHERE run = b.run AND error IS NOT NULL) AS failed,
+        (SELECT avg(score) FROM items WHERE run = b.run AND error IS NULL) AS accuracy
     FROM base AS b
 ), status AS (
     SELECT *, CASE
         WHEN ended IS NOT NULL THEN ended
-        WHEN coalesce(shard_count_raw, 0) != 0 AND shards_seen >= shard_count_raw
+        WHEN coalesce(shard_count, 0) != 0 AND shards_seen >= shard_count
              AND shards_open = 0 THEN CASE WHEN shards_failed > 0 THEN 'failed' ELSE 'finished' END
-        WHEN started_at IS NULL THEN 'submitted'
         WHEN stalled THEN 'stalled'
+        WHEN started_at IS NULL THEN 'submitted'
         ELSE 'running' END AS status
     FROM folded
 )
 SELECT run, name, json_extract(submitted, '$.model') AS model,
     json_extract(submitted, '$.dataset') AS dataset, status, done, failed,
     CASE WHEN submitted_total IS NOT NULL THEN submitted_total ELSE shard_total END AS total,
-    submitted_at, started_at,
+    accuracy, shards, submitted_at, started_at,
     CASE WHEN status IN ('finished', 'failed', 'cancelled') THEN last_end_at END AS finished_at,
-    last_event_at, last_heartbeat, alerts, last_alert, reason, events, last_seq
+    last_event_at, last_heartbeat, alerts, last_alert, reason,
+    CASE WHEN status = 'finished' AND failed > 0 THEN 'finished_with_failures'
+         WHEN status IN ('finished', 'failed', 'cancelled') THEN status END AS outcome,
+    events, last_seq
 FROM status ORDER BY (SELECT min(seq) FROM events WHERE run = status.run)"""
 
 
@@ -237,8 +236,11 @@ FROM runs AS r LEFT JOIN counts AS c USING (run) LEFT JOIN scores AS s USING (ru
     LEFT JOIN pivot USING (run)"""
 
 
-STATEMENTS: tuple[str, ...] = (_ITEMS, _SAMPLES, _ALERTS, _RUNS, _model_summary())
-"""The CREATE VIEW statements, in dependency order."""
+REPLACED: tuple[str, ...] = ("model_summary", "runs", "items")
+"""The views of 0002 that 0003 drops (dependants first) and creates again."""
+
+STATEMENTS: tuple[str, ...] = (_ITEMS, _RUNS, _model_summary())
+"""The CREATE VIEW statements of 0003, in dependency order."""
 
 VIEWS: tuple[str, ...] = ("runs", "items", "samples", "alerts", "model_summary")
 """Every view's name."""

@@ -240,11 +240,7 @@ class Api:
                       "shards": [f"{i}/{spec.shards}" for i in started], "head": self.live.head})
 
     async def list_runs(self, request: Request) -> Response:
-        runs = []
-        for state in self.live.tracker.runs.values():
-            row = state.to_dict()
-            row["accuracy"] = self.summary(state)["accuracy"]
-            runs.append(row)
+        runs = [state.to_dict() for state in self.live.tracker.runs.values()]
         return _json({"last_seq": self.live.head, "runs": runs})
 
     async def get_run(self, request: Request) -> Response:
