@@ -178,8 +178,11 @@ JSONL_ERRORS = [
      "2: choices: option key '1' is not a letter A-Z"),
     (row(id="1"), row(id="2", scorer="mcq"), "2: choices: an mcq item needs options"),
     (row(id="1"), row(id="2", scorer="bleu"),
-     "2: scorer: unknown scorer 'bleu'; expected one of mcq, exact, vqa, anls"),
+     "2: scorer: unknown scorer 'bleu'; expected one of mcq, exact, vqa, anls, relaxed"),
     (row(id="1"), row(id="2", hint=["x"]), "2: hint: expected text, got list"),
+    (row(id="1"), row(id="2", answer=["cat"], scorer="vqa"),
+     "2: answer: VQA accuracy counts the humans who agree with the model: give two or more "
+     "answers (a list), or use the exact scorer"),
     (row(id="1"), row(id=""), "2: id: must be 1 to 256 characters"),
 ]
 

@@ -1,13 +1,26 @@
-"""Scorers, as literal tables of (prediction, reference, expected score)."""
+"""Scorers, as literal tables of (prediction, reference, expected score); tests/test_agreement.py
+holds the hundreds of cases measured against the references."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from vlmd_agent import scoring
-from vlmd_agent.scoring import anls, exact, extract_choice, mcq, normalise, score, vqa
+from vlmd_agent.scoring import (
+    NO_OPTION,
+    Grade,
+    anls,
+    exact,
+    extract_choice,
+    grade,
+    mcq,
+    normalise,
+    read_choice,
+    relaxed,
+    score,
+    strip_thinking,
+    vqa,
+)
+from vlmd_agent.scoring.vqa import process_digit_article, process_punctuation
 
 CHOICES = {"A": "blue", "B": "red", "C": "green", "D": "dark red"}
 
@@ -32,11 +45,20 @@ CHOICES = {"A": "blue", "B": "red", "C": "green", "D": "dark red"}
     ("`A`", "A"),
     ("<answer>C</answer>", "C"),
     ("Option A is wrong, so the answer is B.", "B"),
-    ("C\n\nThe shape is green, not red (B).", "C"),
+    ("C\n\nThe shape is green, not red (B).", None),
+    ("B. It is red because it reflects long wavelengths of light", "B"),
+    ("<think>A or C? Red is B.</think>B", "B"),
+    ("<think>maybe A", None),
+    ("The answer is not A, it is B", "B"),
+    ("neither A nor B, it's C", "C"),
+    ("答案是B", "B"),
+    ("不是A\uff0c是B", "B"),
+    ("<answer>C</answer>", "C"),
+    ("\uff23", "C"),
     ("red", "B"),
     ("Red.", "B"),
-    ("dark red", "D"),
-    ("The shape is dark red.", "D"),
+    ("dark red", None),  # "red" is in it too: VLMEvalKit leaves it to its judge
+    ("The shape is dark red.", None),
     ("A red circle", "B"),
     ("A green square.", "C"),
     ("The answer is a green circle.", "C"),
@@ -107,14 +129,28 @@ TEN = ("2", "2", "2", "two", "3", "3", "4", "2", "3", "many")
 
 
 @pytest.mark.parametrize(("prediction", "answers", "expected"), [
-    ("2", TEN, 1.0),
+    ("2", TEN, 1.0),  # five humans said 2 or two: any nine hold at least three
     ("Two.", TEN, 1.0),
-    ("3", TEN, 1.0),
-    ("4", TEN, 1 / 3),
-    ("Many", TEN, 1 / 3),
+    ("3", TEN, 0.9),  # three humans: leaving one of them out leaves two (2/3), 3 times in 10
+    ("4", TEN, 0.3),  # one human: 1/3 in the nine subsets that keep them
+    ("Many", TEN, 0.3),
     ("5", TEN, 0.0),
-    ("yes", ("yes", "yes"), 2 / 3),
-    ("yes", "yes", 1 / 3),
+    ("2", ("2",) * 3 + ("3",) * 7, 0.9),
+    ("2", ("2",) * 4 + ("3",) * 6, 1.0),
+    ("two", ("two",) * 10, 1.0),
+    ("Two", ("two",) * 10, 0.0),  # all humans agree: nothing is normalised
+    ("2", ("two",) * 10, 0.0),
+    ("50%", ("50",) * 5 + ("50%",) * 5, 1.0),
+    ("50", ("50%",) * 3 + ("x",) * 7, 0.0),  # % is not punctuation to the script
+    ("u.s.", ("us",) * 3 + ("usa",) * 7, 0.9),
+    ("dont", ("don't",) * 3 + ("no",) * 7, 0.9),
+    ("none", ("0",) * 3 + ("1",) * 7, 0.9),
+    ("a dog", ("dog",) * 3 + ("cat",) * 7, 0.9),
+    ("1,000", ("1000",) * 3 + ("x",) * 7, 0.9),
+    ("red/blue", ("red blue",) * 3 + ("x",) * 7, 0.9),
+    ("yes", ("yes", "yes"), 1 / 3),
+    ("yes", ("yes", "no"), 1 / 6),
+    ("yes", "yes", 0.0),  # one human answer: leaving it out leaves none
 ])
 def test_vqa(prediction: str, answers: tuple[str, ...] | str, expected: float) -> None:
     assert vqa(prediction, answers) == pytest.approx(expected)
@@ -143,7 +179,8 @@ def test_anls_threshold_is_adjustable() -> None:
     ("mcq", "B", CHOICES, "The answer is B", 1.0),
     ("mcq", "B", CHOICES, "blue", 0.0),
     ("exact", "cat", None, "The cat", 1.0),
-    ("vqa", ("2", "2", "two"), None, "2", 1.0),
+    ("vqa", ("2", "2", "two"), None, "2", 2 / 3),
+    ("relaxed", "45", None, "45.3", 1.0),
     ("anls", ("invoice",), None, "invoce", 1 - 1 / 7),
 ])
 def test_score_dispatches_on_the_scorer_named(scorer: str, answer: str | tuple[str, ...],
@@ -157,43 +194,94 @@ def test_score_rejects_an_unknown_scorer() -> None:
         score("bleu", "x", "x")
 
 
-# Characters the scorers' regexes turn on, non-ASCII ones that IGNORECASE folds to ASCII
-# (long s, Kelvin sign) and other letters and digits.
-TRICKY = st.text(st.sampled_from([*"aAbBcCiIsSkK nN answer correct option is*_`<>/()[].:,-\n\t'",
-                                  *"0123456789", "\u017f", "\u212a", "\u00e9", "\u00b2",
-                                  "\u00bd", "\u2019", "\u00a0"]), max_size=24)
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1,000", "1000"),
+    ("red, blue", "red blue"),
+    ("red,blue", "red blue"),
+    ("red/blue", "red blue"),
+    ("red / blue", "red  blue"),
+    ("t-shirt", "t shirt"),
+    ("(2)", " 2 "),
+    ("u.s.", "us"),
+    ("2.5", "2.5"),
+    ("5.", "5"),
+    ("50%", "50%"),
+    ("5:40", "5:40"),
+    ("it's", "it's"),
+    ("1,000 (approx)", "1000 approx"),
+    ("a." * 40, "a" * 32 + "a." * 8),  # the script's count=re.UNICODE (32) removals
+])
+def test_vqa_process_punctuation(text: str, expected: str) -> None:
+    assert process_punctuation(text) == expected
 
 
-def _check_cheap_tests(text: str) -> None:
-    """Each regex a cheap test skips could not have matched: the scores are the regexes'."""
-    lowered = text.lower()
-    if scoring._MARKUP.search(text):
-        assert scoring._has_markup(text)
-    if scoring._ANSWER_PHRASE.search(text):
-        assert scoring._may_phrase(text, lowered)
-    stripped = text.strip()
-    if scoring._LEADING.match(stripped):
-        assert scoring._may_lead(stripped)
-    if scoring._MENTION.search(text):
-        assert lowered != text  # extract_choice looks for a capital only then
-    if scoring._THOUSANDS.search(lowered) or scoring._PUNCT.search(lowered):
-        assert not scoring._plain(lowered)
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Two Dogs", "2 dogs"),
+    ("none", "0"),
+    ("ten", "10"),
+    ("eleven", "eleven"),
+    ("The Cat", "cat"),
+    ("an  apple", "apple"),
+    ("dont", "don't"),
+    ("Im", "im"),  # the script's capitalised keys never match a lowercased word
+    ("youre  right", "you're right"),
+])
+def test_vqa_process_digit_article(text: str, expected: str) -> None:
+    assert process_digit_article(text) == expected
 
 
-@settings(max_examples=3000, deadline=None)
-@given(st.one_of(TRICKY, st.text(max_size=24)))
-def test_the_cheap_tests_never_skip_a_regex_that_would_match(text: str) -> None:
-    _check_cheap_tests(text)
+@pytest.mark.parametrize(("prediction", "answers", "expected"), [
+    ("45", "45", 1.0),
+    ("45.3", "45", 1.0),
+    ("47.25", "45", 1.0),  # exactly 5%
+    ("47.26", "45", 0.0),
+    ("42.75", "45", 1.0),
+    ("45%", "0.45", 1.0),
+    ("45%", "45", 0.0),
+    ("0.45", "45%", 1.0),
+    ("4.5e1", "45", 1.0),
+    (" 45 ", "45", 1.0),
+    ("0", "0", 1.0),  # a zero reference compares as text
+    ("0.0", "0", 0.0),
+    ("1,000", "1000", 0.0),  # not a number to Python's float
+    ("Yes", "yes", 1.0),
+    ("yes.", "yes", 0.0),
+    ("dark blue", "blue", 0.0),
+    ("46", ("45", "50"), 1.0),
+    ("forty-five", "45", 0.0),
+])
+def test_relaxed(prediction: str, answers: str | tuple[str, ...], expected: float) -> None:
+    assert relaxed(prediction, answers) == expected
 
 
-@pytest.mark.parametrize("text", ["an\u017fwer: B", "\u212a", "B", "b)", "(c", "[B]", "B -",
-                                  "1,000", "3.5", "", "Ab", "I like", "x_y", "<b>B</b>", "`A`"])
-def test_the_cheap_tests_never_skip_a_regex_that_would_match_these(text: str) -> None:
-    _check_cheap_tests(text)
+@pytest.mark.parametrize(("text", "expected"), [
+    ("<think>A? B?</think>C", "C"),
+    ("<think>unfinished A", ""),
+    ("A or B. </think>\nC", "\nC"),
+    ("<Thinking>x</Thinking>D", "D"),
+    ("No reasoning: B", "No reasoning: B"),
+])
+def test_strip_thinking(text: str, expected: str) -> None:
+    assert strip_thinking(text) == expected
 
 
-def test_the_cheap_tests_do_skip_plain_answers() -> None:
-    # what they are for: a one-word answer runs none of the regexes
-    assert not scoring._has_markup("triangle") and not scoring._may_phrase("triangle", "triangle")
-    assert not scoring._may_lead("triangle") and not scoring._may_lead("3 sides")
-    assert scoring._plain("dark red 2") and not scoring._plain("dark-red")
+@pytest.mark.parametrize(("prediction", "verdict", "expected"), [
+    ("B", None, Grade(1.0, True, "B")),
+    ("C", None, Grade(0.0, True, "C")),
+    ("hmm", None, Grade(0.0, False, None)),  # undecided: 0 and unparsed, never a guess
+    ("hmm", "B", Grade(1.0, True, "B", judged=True)),
+    ("hmm", "C", Grade(0.0, True, "C", judged=True)),
+    ("hmm", NO_OPTION, Grade(0.0, True, None, judged=True)),
+    ("C", "B", Grade(0.0, True, "C")),  # the rules decided: a verdict does not overrule them
+    ("Sorry, I can't help with images of people yet.", None, Grade(0.0, True, None)),
+    ("Z", None, Grade(0.0, True, None)),
+])
+def test_grade_mcq_says_whether_the_answer_was_read_and_by_whom(
+        prediction: str, verdict: str | None, expected: Grade) -> None:
+    assert grade("mcq", prediction, "B", CHOICES, verdict=verdict) == expected
+
+
+def test_read_choice_tells_undecided_from_no_option() -> None:
+    assert read_choice("A or B", CHOICES).decided is False
+    assert read_choice("Cannot determine the answer", CHOICES).decided is True
+    assert read_choice("B", {}).decided is False

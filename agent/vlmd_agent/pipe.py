@@ -126,14 +126,25 @@ def status_pipe() -> tuple[int, int]:
 def scored_event(run: str, outcome: dict[str, Any]) -> dict[str, Any]:
     """The ``item.completed``/``item.failed`` envelope of a `run_item` outcome, scored.
 
+    A completed item's body gains ``score`` and, from its `scoring.Grade`: ``choice`` (the
+    option letter read from a multiple-choice answer), ``unparsed: true`` (no rule could read
+    it: it scores 0) and ``judged: true`` (a judge's verdict, the outcome's ``verdict``,
+    decided it).
+
     Raises ValueError when it cannot be scored (an unknown scorer), KeyError or TypeError when
     `outcome` is not one.
     """
     body = outcome["body"]
     if outcome["kind"] == "item.completed":
-        score = scoring.score(outcome["scorer"], body["answer"], body["expected"],
-                              outcome["choices"])
-        body = {**body, "score": score, **outcome["metrics"]}
+        graded = scoring.grade(outcome["scorer"], body["answer"], body["expected"],
+                               outcome["choices"], verdict=outcome.get("verdict"))
+        body = {**body, "score": graded.score, **outcome["metrics"]}
+        if graded.choice is not None:
+            body["choice"] = graded.choice
+        if not graded.parsed:
+            body["unparsed"] = True
+        if graded.judged:
+            body["judged"] = True
     return wire.envelope(run, outcome["kind"], body, key=outcome["key"], ts=outcome["ts"])
 
 

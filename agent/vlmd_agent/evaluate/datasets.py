@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 from vlmd_agent.wire import MAX_ID
 
-SCORERS = ("mcq", "exact", "vqa", "anls")
+SCORERS = ("mcq", "exact", "vqa", "anls", "relaxed")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MCQ_INSTRUCTION = "Answer with the option's letter."
 SHORT_INSTRUCTION = "Answer the question using a single word or phrase."
@@ -295,8 +295,12 @@ def _item(where: _Where, fields: dict[str, Any], scorer: str | None) -> Item:
     if field_scorer is not None and field_scorer not in SCORERS:
         where.fail("scorer", f"unknown scorer {field_scorer!r}; expected one of "
                    f"{', '.join(SCORERS)}")
-    default = "mcq" if choices else "vqa" if isinstance(answer, tuple) else "exact"
+    several = isinstance(answer, tuple) and len(answer) > 1
+    default = "mcq" if choices else "vqa" if several else "exact"
     chosen = scorer or field_scorer or default
+    if chosen == "vqa" and not several:
+        where.fail("answer", "VQA accuracy counts the humans who agree with the model: give two "
+                   "or more answers (a list), or use the exact scorer")
     if chosen == "mcq":
         if not choices:
             where.fail("choices", "an mcq item needs options")
