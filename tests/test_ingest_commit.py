@@ -5,6 +5,7 @@ log has them."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import zlib
@@ -213,14 +214,27 @@ async def test_frames_held_for_the_answer_go_out_on_release_or_before_the_next_b
     await live.append([completed("r1", 2)], hold_feed=True)
     await live.append([completed("r1", 3)])  # not held: what is held goes first, in order
     assert [(f.first_seq, f.last_seq) for f in got(early)] == [(3, 3), (4, 4), (5, 5)]
-    frames = got(late)
-    assert [(f.first_seq, f.last_seq) for f in frames] == [(3, 3), (4, 4), (5, 5)]
-    assert frames[0].last_seq <= late.head  # the feed handler skips what the backlog sent
+    frames = got(late)  # the held batch is in its backlog (head 3): it is not sent again
+    assert [(f.first_seq, f.last_seq) for f in frames] == [(4, 4), (5, 5)] and late.head == 3
     await live.append([completed("r1", 4)], hold_feed=True)
     live.release_feed()
     live.release_feed()  # nothing twice
     assert [(f.first_seq, f.last_seq) for f in got(early)] == [(6, 6)]
     assert live.tracker == tracker.fold(live.log.read())
+
+
+async def test_state_messages_are_made_at_their_commit_and_held_with_the_feed(
+        tmp_path: Path) -> None:
+    live = Live(EventLog.open(tmp_path / "v.db"), Feed())
+    await live.append([submitted("r1"), started("r1")])
+    sub = live.subscribe_states("r1")
+    await live.append([completed("r1", 1)], hold_feed=True)
+    await live.append([completed("r1", 2), failed("r1", 1, attempt=1)], hold_feed=True)
+    assert pending(sub) == 0
+    live.release_feed()
+    messages = [json.loads(f.text) for f in got(sub)]
+    assert [(m["seq"], m["runs"][0]["done"], [r["item"] for r in m["items"]])
+            for m in messages] == [(3, 1, ["1"]), (5, 2, ["2"])]
 
 
 async def test_an_answer_that_cannot_be_sent_still_releases_its_frames(tmp_path: Path) -> None:

@@ -121,14 +121,19 @@ class Feed:
         return list(wanted.values())
 
     def publish(self, events: Sequence[Event], frames: Frames | None = None) -> None:
-        """Send committed events (in seq order) to every subscriber; drop those that lag.
-        `frames`: what `encode(events)` returned, if it was called (it is filled in here)."""
+        """Send committed events (in seq order) to every subscriber that subscribed before
+        them; drop those that lag. `frames`: what `encode(events)` returned, if it was called
+        (it is filled in here), or frames of another kind (the state stream's) built for every
+        filter of the subscribers at the time."""
         if not events or not self.subscribers:
             return
         self.published += len(events)
         if frames is None:
             frames = {}
+        last = events[-1].seq
         for sub in list(self.subscribers):
+            if sub.head >= last:  # it subscribed since: it read these in its backlog
+                continue
             key = (sub.run, sub.kinds)
             if key not in frames:
                 frames[key] = _encoded(events, sub.wants)

@@ -1,7 +1,9 @@
 """Live: the daemon's current state, kept as the fold of the log plus every committed append.
 
 All appends go through `Live.append`, which holds one lock across commit, fold and publish, so
-subscribers see batches in seq order and the tracker never lags the feed.
+subscribers see batches in seq order and the tracker never lags the feed. Two streams leave it:
+the feed (the committed events) and the state stream (`vlmd.live.states`: what the fold made of
+them).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from vlmd.live import wsframes
 from vlmd.live.counters import Histogram
 from vlmd.live.feed import Feed, Frames, Subscription
 from vlmd.live.liveness import Liveness
+from vlmd.live.states import States, Summaries
 from vlmd.projections import tracker
 from vlmd.projections.gpus import LatestGpus
 from vlmd.store.log import Appended, Event, EventLog, Written
@@ -138,12 +141,14 @@ class _Waiting:
 
 
 class Live:
-    """The log, its tracker fold, the feed, and ingest counters."""
+    """The log, its tracker fold, the feed, the state stream, and ingest counters."""
 
     def __init__(self, log: EventLog, feed: Feed) -> None:
         self.log = log
         self.feed = feed
         self.tracker = tracker.Tracker()
+        self.summaries = Summaries()
+        self.states = States(feed.buffer, self.summaries)
         self.appended_by_kind: Counter[str] = Counter()
         self.ingest_latency = Histogram()
         self.gpus = LatestGpus()
@@ -155,6 +160,7 @@ class Live:
         self._lock = trio.Lock()
         self._waiting: list[_Waiting] = []  # batches for the next group commit
         self._held: list[tuple[list[Event], Frames | None]] = []  # see `append`'s hold_feed
+        self._held_states: list[tuple[list[Event], Frames]] = []  # the same for `states`
 
     @property
     def head(self) -> int:
@@ -236,6 +242,9 @@ class Live:
         stored, kinds, found, frames, building = (self._prepare(results) if ahead is None
                                                   else ahead)
         tracker.apply_many(self.tracker, stored, found)
+        changes = self.states.changes(self.tracker, stored, found)  # None: nobody subscribes
+        if changes is not None:
+            self._held_states.append((stored, changes))
         self.appended_by_kind.update(kinds)
         if "watchdog.sample" in kinds:
             for event in stored:
@@ -253,11 +262,14 @@ class Live:
             self.ingest_latency.observe(took)
 
     def release_feed(self) -> None:
-        """Publish the frames that appends with ``hold_feed`` keep, in seq order (idempotent).
-        A subscriber that came meanwhile read them in its backlog and skips them."""
+        """Publish the frames that appends with ``hold_feed`` keep, feed and state stream, in
+        seq order (idempotent). A subscriber that came meanwhile read them in its backlog."""
         held, self._held = self._held, []
         for events, encoded in held:
             self.feed.publish(events, encoded)
+        changes, self._held_states = self._held_states, []
+        for events, frames in changes:
+            self.states.feed.publish(events, frames)
 
     def _prepare(self, results: list[Appended]) -> _Ahead:
         """What `_commit` needs of a group's results, built without changing any state: the
@@ -278,3 +290,9 @@ class Live:
         """A feed subscription that starts right after `head` (read the backlog up to there);
         `deflate`: the window bits its WebSocket negotiated."""
         return self.feed.subscribe(run, self.head, kinds, deflate)
+
+    def subscribe_states(self, run: str | None, deflate: int = wsframes.PLAIN
+                         ) -> Subscription:
+        """A state-stream subscription (every run's rows, or one run's rows, items and
+        summary) that starts right after `head`; `States.first` builds its first message."""
+        return self.states.subscribe(run, self.head, deflate)

@@ -28,11 +28,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from vlmd.launch import submit
 from vlmd.launch.launcher import Launcher, LaunchError, LaunchSpec
 from vlmd.live import wsframes
-from vlmd.live.feed import Frame, Subscription, encode
+from vlmd.live.feed import Feed, Frame, Subscription, encode
 from vlmd.live.replay import Replays
 from vlmd.live.state import Live, WriteRefused
 from vlmd.projections import answers
-from vlmd.projections.summary import summarize
 from vlmd.projections.tracker import AmbiguousName, RunState
 from vlmd.store.log import dumps_events
 from vlmd.web import images
@@ -91,7 +90,6 @@ class Api:
         self.token = token.encode()
         self.max_body = max_body
         self.read_token = read_token
-        self._summaries: dict[str, tuple[int, dict[str, Any]]] = {}
         self.launcher: Launcher | None = None
 
     def authorize(self, conn: HTTPConnection, *, query: bool = False) -> None:
@@ -152,12 +150,6 @@ class Api:
         if state is None:
             raise ApiError(404, f"no run {run[:200]!r} (neither an id nor a name in the log)")
         return state
-
-    def summary(self, state: RunState) -> dict[str, Any]:
-        cached = self._summaries.get(state.run)
-        if cached is None or cached[0] != state.last_seq:
-            cached = self._summaries[state.run] = (state.last_seq, summarize(state))
-        return cached[1]
 
     async def post_events(self, request: Request) -> Response:
         self.authorize(request)
@@ -245,7 +237,7 @@ class Api:
 
     async def get_run(self, request: Request) -> Response:
         state = self.run_state(request.path_params["run"])
-        return _json({**state.to_dict(), "summary": self.summary(state),
+        return _json({**state.to_dict(), "summary": self.live.summaries.get(state),
                       "head": self.live.head})
 
     async def item_image(self, request: Request) -> Response:
@@ -316,44 +308,80 @@ class Api:
                       "datasette_url": self.live.datasette_url,
                       "uptime_s": time.time() - self.live.started_at})
 
-    async def feed(self, ws: WebSocket) -> None:
-        await ws.accept()
+    async def _ws_query(self, ws: WebSocket) -> tuple[int | None, str | None] | None:
+        """A WebSocket's ``after`` and ``run`` (resolved to its id when it names one); None
+        once it was closed with 1008 and the reason (a bad after, an ambiguous name)."""
         after_text = ws.query_params.get("after")
         run = ws.query_params.get("run") or None
         if after_text is not None and not (after_text.isascii() and after_text.isdigit()):
             await ws.close(WS_POLICY, _reason(f"after must be a non-negative integer, "
                                               f"not {after_text[:40]!r}"))
-            return
-        kinds = ws.query_params.getlist("kind") or None
-        if kinds is not None and len(kinds) > MAX_KINDS:
-            await ws.close(WS_POLICY, _reason(f"at most {MAX_KINDS} kind filters, "
-                                              f"not {len(kinds)}"))
-            return
+            return None
         if run is not None:
             try:
                 found = self.find(run)
             except ApiError as e:
                 await ws.close(WS_POLICY, _reason(e.message))
-                return
+                return None
             run = found.run if found else run
+        return (None if after_text is None else int(after_text)), run
+
+    async def feed(self, ws: WebSocket) -> None:
+        """``WS /api/feed``: the committed events after ``after`` (default: from now), then
+        live, for one run or all, of the kinds asked for."""
+        await ws.accept()
+        query = await self._ws_query(ws)
+        if query is None:
+            return
+        given, run = query
+        kinds = ws.query_params.getlist("kind") or None
+        if kinds is not None and len(kinds) > MAX_KINDS:
+            await ws.close(WS_POLICY, _reason(f"at most {MAX_KINDS} kind filters, "
+                                              f"not {len(kinds)}"))
+            return
         sub = self.live.subscribe(
             run, kinds, wsframes.negotiated(ws.headers.get("sec-websocket-extensions")))
-        after = sub.head if after_text is None else int(after_text)
+        after = sub.head if given is None else given
+        await self._serve(ws, sub, self.live.feed, self._backlog(sub, after), after)
+
+    async def state(self, ws: WebSocket) -> None:
+        """``WS /api/state``: the fold's state after ``after`` (default 0: all of it), then its
+        changes (`vlmd.live.states`), for every run or one run with its items."""
+        await ws.accept()
+        query = await self._ws_query(ws)
+        if query is None:
+            return
+        given, run = query
+        after = given or 0
+        live = self.live
+        sub = live.subscribe_states(
+            run, wsframes.negotiated(ws.headers.get("sec-websocket-extensions")))
+        build = live.states.first(live.tracker, sub, after)
+
+        async def first() -> AsyncIterator[Frame]:
+            yield await trio.to_thread.run_sync(build, live.log)
+        await self._serve(ws, sub, live.states.feed, first(), after)
+
+    async def _serve(self, ws: WebSocket, sub: Subscription, feed: Feed,
+                     backlog: AsyncIterator[Frame], after: int) -> None:
+        """Stream `backlog` then `sub`'s live frames to `ws` until either side ends; `sub` is
+        unsubscribed from `feed` however it ends."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_wait_disconnect, ws, nursery.cancel_scope)
-                await self._stream(ws, sub, after)
+                await self._stream(ws, sub, after, backlog)
                 nursery.cancel_scope.cancel()
         except* WebSocketDisconnect:
             pass
         finally:
-            self.live.feed.unsubscribe(sub)
+            feed.unsubscribe(sub)
 
-    async def _stream(self, ws: WebSocket, sub: Subscription, after: int) -> None:
+    async def _stream(self, ws: WebSocket, sub: Subscription, after: int,
+                      backlog: AsyncIterator[Frame]) -> None:
         """The backlog after `after` up to the subscription's head, then live frames; no gap and
         no duplicate at the seam, because the subscription only holds frames past its head."""
         last = after
-        async for frame in self._backlog(sub, after):
+        async for frame in backlog:
             await ws.send_text(frame.text)
             last = frame.last_seq
         last = max(last, sub.head)
@@ -461,6 +489,7 @@ def build_app(live: Live, token: str, *, max_body: int,
         Route("/api/replay", _guard(replays.post), methods=["POST"]),
         WebSocketRoute("/api/replay", _ws_reads(api, replays.feed)),
         WebSocketRoute("/api/feed", _ws_reads(api, api.feed)),
+        WebSocketRoute("/api/state", _ws_reads(api, api.state)),
         Mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui"),
     ]
     return Starlette(routes=routes)
