@@ -57,13 +57,15 @@ def test_a_completed_item_is_a_valid_event_with_every_field_in_order(shard: str 
     head = ["item", "question", "expected", *(["shard"] if shard else []), "answer", "score"]
     assert list(body) == [*head, "ttft_ms", "tpot_ms", "e2e_ms", "input_tokens",
                           "output_tokens", "vram_before_mb", "vram_peak_delta_mb",
-                          "tokens_source", "vram_source", "vram_note", "itl_ms", "choice"]
+                          "tokens_source", "vram_source", "vram_note", "itl_ms",
+                          "request_start", "timing_source", "choice"]
     assert (body["item"], body["question"], body["expected"]) == ("7", "What colour?",
                                                                   ["A", "B"])
     assert body.get("shard") == shard
     assert body["score"] == (1.0 if body["answer"] in ("A", "B") else 0.0)
     assert body["choice"] == body["answer"]  # demo:instant answers with a letter
     assert body["output_tokens"] == 4 and len(body["itl_ms"]) == 3
+    assert before <= body["request_start"] <= event["ts"] and body["timing_source"] == "user"
 
 
 def test_a_real_models_answer_and_metrics_go_into_the_event(tiny: Backend) -> None:

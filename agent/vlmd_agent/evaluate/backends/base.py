@@ -8,7 +8,9 @@ Metric definitions (DESIGN.md, "Metric definitions"):
   ``None`` when ``output_tokens <= 1``.
 - ITL: the gaps between consecutive content chunks after the first, kept for percentiles.
 
-All durations come from `time.perf_counter_ns` and are reported in milliseconds.
+In-process backends time with `time.perf_counter_ns`; the ``openai:`` backend with the
+kernel's packet timestamps where it can (`timing_source`, see `.netclock`). Durations are in
+milliseconds; ``request_start`` is when the request was sent, in epoch seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from typing import Any, Literal, Protocol
 
 FailReason = Literal["oom", "timeout", "backend_error", "bad_input"]
 TokensSource = Literal["usage", "tokenizer", "chunks"]
-VramSource = Literal["torch.cuda", "nvml"]
+# "-shared": measured while other requests of the agent were in flight, so the figure is theirs
+# as much as this item's.
+VramSource = Literal["torch.cuda", "nvml", "torch.cuda-shared", "nvml-shared"]
+TimingSource = Literal["kernel", "kernel-rx", "user", "mixed"]
 NS_PER_MS = 1_000_000.0
 
 
@@ -42,6 +47,11 @@ class Generation:
     ``tokens_source`` says where ``output_tokens`` came from: the server's ``usage``, the
     model's tokenizer, or a count of streamed content chunks. ``vram_source`` says how the VRAM
     delta was measured (``None`` when it was not; ``vram_note`` then says why).
+    ``timing_source`` names the clock of the timings: ``kernel`` (packet timestamps at both
+    ends), ``kernel-rx`` (received data stamped by the kernel, the send time read by the
+    process), ``user`` (read by the process), ``mixed`` (some received data without a kernel
+    stamp). ``user_clock`` is (TTFT, e2e) in ms by the process's own clock where another was
+    used: for comparing clocks, not sent in the event.
     """
 
     text: str
@@ -56,6 +66,9 @@ class Generation:
     vram_peak_delta_mb: float | None = None
     vram_source: VramSource | None = None
     vram_note: str | None = None
+    request_start: float | None = None
+    timing_source: TimingSource = "user"
+    user_clock: tuple[float | None, float] | None = None
 
     def metrics(self) -> dict[str, Any]:
         """The metric fields of an ``item.completed`` body (without item, answer and score)."""
@@ -71,7 +84,26 @@ class Generation:
             "vram_source": self.vram_source,
             "vram_note": self.vram_note,
             "itl_ms": list(self.itl_ms),
+            "request_start": self.request_start,
+            "timing_source": self.timing_source,
         }
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What a serving backend adds to every request (``openai:`` only): the sampling
+    temperature (0: greedy), a system prompt, JSON fields merged into the request body last
+    (they win), and the environment variable that holds the API key (its value is read by the
+    backend and never written anywhere)."""
+
+    temperature: float = 0.0
+    system_prompt: str | None = None
+    extra_body: dict[str, Any] | None = None
+    api_key_env: str | None = None
+
+    def is_default(self) -> bool:
+        """True when nothing is set (what non-serving backends require)."""
+        return self == RequestOptions()
 
 
 class BackendError(Exception):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter_ns
@@ -132,6 +133,7 @@ class HFBackend:
             BackendError: ``bad_input`` (undecodable image), ``oom`` (CUDA out of memory; the
             cache is emptied so the next request can run), ``timeout``, ``backend_error``.
         """
+        started_at = time.time()
         start = now_ns()
         clock = self._clock_type(start + int(self.timeout_s * 1e9))
         inputs = self._prepare(request)
@@ -162,6 +164,7 @@ class HFBackend:
             memory.peak_delta_mb,
             self._vram_source,
             self._vram_note,
+            started_at,
         )
 
     def close(self) -> None:

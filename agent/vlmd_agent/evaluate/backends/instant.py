@@ -25,6 +25,7 @@ class InstantBackend:
         self.delay_s = delay_ms / 1000.0
 
     def generate(self, request: Request) -> Generation:
+        started_at = time.time()
         start = now_ns()
         letter = "ABCD"[hashlib.blake2b(request.prompt.encode(), digest_size=1).digest()[0] % 4]
         step = self.delay_s / (TOKENS + 1)
@@ -38,7 +39,8 @@ class InstantBackend:
         return Generation(text=letter, ttft_ms=ttft, tpot_ms=tpot_ms(e2e, ttft, TOKENS),
                           e2e_ms=e2e, input_tokens=len(request.prompt.split()),
                           output_tokens=TOKENS, tokens_source="tokenizer",
-                          itl_ms=gaps_ms(times), vram_note="demo:instant: no model, no VRAM")
+                          itl_ms=gaps_ms(times), vram_note="demo:instant: no model, no VRAM",
+                          request_start=started_at)
 
     def close(self) -> None:
         """Nothing to release."""

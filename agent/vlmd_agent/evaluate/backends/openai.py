@@ -2,12 +2,21 @@
 
 Works with any server that speaks the OpenAI chat API with server-sent events: vLLM, SGLang,
 Ollama, TGI, LMDeploy, llama.cpp, ``transformers serve``. The request streams
-(``stream: true`` with ``stream_options.include_usage``), decodes greedily (``temperature: 0``)
-and carries the image as a base64 data URL. Timings are taken on arrival of each SSE line:
+(``stream: true`` with ``stream_options.include_usage``), decodes greedily unless a temperature
+is set (`RequestOptions`) and carries the image as a base64 data URL.
+
+Requests go through one keep-alive pool (`.http1`): every stream is read to its end, so its
+connection serves the next request without a TCP or TLS handshake. `generate` may be called
+from several threads at once (the wrapper's ``--concurrency``).
+
+Timings are stamps of the bytes (`.netclock`): the send time of the request's last byte, and
+the arrival of the data that completed each SSE line, from the kernel where it stamps packets
+(``timing_source``), so a client scheduled late still measures when the bytes came:
 
 - TTFT: the first chunk whose delta has non-empty ``content`` or ``reasoning_content``
   (a role-only chunk does not count);
 - ITL: the gaps between that chunk and every later content chunk;
+- e2e: up to the ``[DONE]`` line (or the body's end);
 - output tokens: the final ``usage`` chunk (``tokens_source="usage"``), else the number of
   content chunks (``"chunks"``, a lower bound when a server packs several tokens in a chunk).
 
@@ -21,13 +30,27 @@ import base64
 import json
 import os
 import re
+import ssl
+import time
+from collections.abc import Iterable
 from typing import Any
 
-import httpx
-
-from .base import BackendError, FailReason, Generation, Request, gaps_ms, ms, now_ns, tpot_ms
+from .base import (
+    BackendError,
+    FailReason,
+    Generation,
+    Request,
+    RequestOptions,
+    TimingSource,
+    gaps_ms,
+    tpot_ms,
+)
+from .http1 import HTTPError, Origin, Pool, Response
+from .netclock import Stamp, clock_name
 
 REMOTE_NOTE = "remote server: not measured by the client"
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+DRAIN_S = 1.0  # how long the body may take to end after [DONE] before the connection is dropped
 # A 400/413 whose message is about the request's content is the item's fault, not the server's.
 INPUT_COMPLAINT = re.compile(
     r"image|input|prompt|context|token|length|decode|too large|too long|content", re.IGNORECASE
@@ -37,9 +60,11 @@ INPUT_COMPLAINT = re.compile(
 class OpenAIBackend:
     """A model behind an OpenAI-compatible HTTP server.
 
-    ``base_url`` may end in ``/v1`` or not. ``timeout_s`` bounds the whole request (checked
-    between chunks; a silent server is cut off by the same read timeout). The bearer token is
-    taken from ``api_key`` or the ``OPENAI_API_KEY`` environment variable, if either is set.
+    ``base_url`` may end in ``/v1`` or not. ``timeout_s`` bounds the whole request. The bearer
+    token is ``api_key``, else the environment variable `RequestOptions.api_key_env` names
+    (``OPENAI_API_KEY`` by default; a named variable that is unset is a ValueError), else none.
+    ``tls`` replaces the system's trust store for https; ``stamps=False`` keeps to the
+    process's clock.
     """
 
     def __init__(
@@ -51,6 +76,9 @@ class OpenAIBackend:
         max_new_tokens: int = 32,
         timeout_s: float = 300.0,
         api_key: str | None = None,
+        options: RequestOptions | None = None,
+        tls: ssl.SSLContext | None = None,
+        stamps: bool = True,
     ) -> None:
         root = base_url.rstrip("/")
         if not root.endswith("/v1"):
@@ -58,11 +86,15 @@ class OpenAIBackend:
         self.spec = spec or f"openai:{model}@{base_url}"
         self.model = model
         self.url = f"{root}/chat/completions"
+        self.origin, self.target = Origin.split(self.url)
         self.max_new_tokens = max_new_tokens
         self.timeout_s = timeout_s
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers)
+        self.options = options or RequestOptions()
+        key = api_key or _key_from_env(self.options.api_key_env)
+        self._headers = [("Content-Type", "application/json"), ("Accept", "text/event-stream")]
+        if key:
+            self._headers.append(("Authorization", f"Bearer {key}"))
+        self.pool = Pool(tls=tls, stamps=stamps)
 
     def body(self, request: Request) -> dict[str, Any]:
         """The JSON body sent for ``request``."""
@@ -71,14 +103,18 @@ class OpenAIBackend:
             {"type": "image_url", "image_url": {"url": f"data:{request.image_mime};base64,{data}"}},
             {"type": "text", "text": request.prompt},
         ]
-        return {
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        if self.options.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.options.system_prompt})
+        body = {
             "model": self.model,
-            "messages": [{"role": "user", "content": content}],
+            "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": max(1, min(request.max_new_tokens, self.max_new_tokens)),
-            "temperature": 0,
+            "temperature": self.options.temperature,
         }
+        return {**body, **(self.options.extra_body or {})}
 
     def generate(self, request: Request) -> Generation:
         """Send ``request``, stream the answer and time it; see the module docstring.
@@ -88,54 +124,75 @@ class OpenAIBackend:
             (HTTP 400 or 413 about the input), ``backend_error`` (any other HTTP error, a broken
             stream, an unreachable server), each with the status and the server's message.
         """
-        body = self.body(request)
-        start = now_ns()
+        payload = json.dumps(self.body(request)).encode()
+        deadline = time.monotonic() + self.timeout_s
         try:
-            with self._client.stream("POST", self.url, json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise _http_error(response)
+            response = self.pool.request(self.origin, "POST", self.target, self._headers,
+                                         payload, deadline)
+            try:
+                if response.status >= 400:
+                    raise _http_error(response.status, response.read())
                 if "text/event-stream" not in response.headers.get("content-type", ""):
-                    payload = json.loads(response.read())
-                    return _whole(payload, start, now_ns())
-                return _Stream(start, self.timeout_s).consume(response)
-        except httpx.TimeoutException as exc:
-            raise BackendError("timeout", f"no answer within {self.timeout_s} s: {exc!r}") from exc
-        except httpx.HTTPError as exc:
+                    return _whole(json.loads(response.read()), response)
+                return _Stream(response.sent).consume(response)
+            finally:
+                response.close()
+        except TimeoutError as exc:
+            raise BackendError("timeout", f"no answer within {self.timeout_s} s") from exc
+        except ConnectionRefusedError as exc:
+            raise BackendError("backend_error", f"ConnectError: cannot connect to "
+                                                f"{self.origin.host}:{self.origin.port}: {exc}"
+                               ) from exc
+        except (OSError, ssl.SSLError, HTTPError) as exc:
             raise BackendError("backend_error", f"{type(exc).__name__}: {exc}") from exc
         except ValueError as exc:  # malformed JSON
             raise BackendError("backend_error", f"unreadable response: {exc}") from exc
 
     def close(self) -> None:
-        """Close the HTTP connection pool."""
-        self._client.close()
+        """Close the pooled connections."""
+        self.pool.close()
+
+
+def _key_from_env(name: str | None) -> str | None:
+    if name is None:
+        return os.environ.get(DEFAULT_KEY_ENV) or None
+    value = os.environ.get(name)
+    if not value:
+        raise ValueError(f"--api-key-env {name}: the environment variable {name} is not set")
+    return value
 
 
 class _Stream:
     """Folds the SSE lines of one streamed completion into a `Generation`."""
 
-    def __init__(self, start_ns: int, timeout_s: float) -> None:
-        self.start_ns = start_ns
-        self.deadline_ns = start_ns + int(timeout_s * 1e9)
-        self.timeout_s = timeout_s
+    def __init__(self, sent: Stamp) -> None:
+        self.sent = sent
         self.parts: list[str] = []
-        self.content_ns: list[int] = []
+        self.content: list[Stamp] = []
         self.usage: dict[str, Any] | None = None
 
-    def consume(self, response: httpx.Response) -> Generation:
-        for line in response.iter_lines():
-            stamp = now_ns()
-            if stamp > self.deadline_ns:
-                raise BackendError("timeout", f"answer still streaming after {self.timeout_s} s")
-            if not line.startswith("data:"):
+    def consume(self, response: Response) -> Generation:
+        end: Stamp | None = None
+        for line, stamp in _lines(response.pieces()):
+            end = stamp
+            if not line.startswith(b"data:"):
                 continue  # blank separators, comments, event: and id: fields
             data = line[5:].strip()
-            if data == "[DONE]":
+            if data == b"[DONE]":
+                # Read the body to its end so the connection can serve the next request.
+                response.deadline = min(response.deadline, time.monotonic() + DRAIN_S)
+                try:
+                    for _ in response.pieces():
+                        pass
+                except (TimeoutError, OSError, HTTPError):
+                    pass  # not reusable: `close` drops it
                 break
             self._chunk(json.loads(data), stamp)
-        return self._generation(now_ns())
+        if end is None:
+            raise BackendError("backend_error", "the server ended the stream without any data")
+        return self._generation(end)
 
-    def _chunk(self, chunk: Any, stamp: int) -> None:
+    def _chunk(self, chunk: Any, stamp: Stamp) -> None:
         if not isinstance(chunk, dict):
             raise BackendError("backend_error", f"stream chunk is not an object: {chunk!r}")
         if chunk.get("error"):
@@ -151,15 +208,23 @@ class _Stream:
                 carried = True
                 self.parts.append(text)
         if carried:
-            self.content_ns.append(stamp)
+            self.content.append(stamp)
 
-    def _generation(self, end_ns: int) -> Generation:
-        e2e = ms(self.start_ns, end_ns)
-        ttft = ms(self.start_ns, self.content_ns[0]) if self.content_ns else None
+    def _generation(self, end: Stamp) -> Generation:
+        received = [*self.content, end]
+        source = _source(self.sent, received)
+        start = self.sent.best()
+        times = [s.best() for s in self.content]
+        e2e = (end.best() - start) / 1e6
+        ttft = (times[0] - start) / 1e6 if times else None
         output, prompt = _usage_counts(self.usage)
-        source: Any = "usage"
+        tokens_source: Any = "usage"
         if output is None:
-            output, source = len(self.content_ns), "chunks"
+            output, tokens_source = len(self.content), "chunks"
+        user_clock = None
+        if source != "user":
+            user_ttft = (self.content[0].user - self.sent.user) / 1e6 if self.content else None
+            user_clock = (user_ttft, (end.user - self.sent.user) / 1e6)
         return Generation(
             text="".join(self.parts).strip(),
             ttft_ms=ttft,
@@ -167,10 +232,32 @@ class _Stream:
             e2e_ms=e2e,
             input_tokens=prompt,
             output_tokens=output,
-            tokens_source=source,
-            itl_ms=gaps_ms(self.content_ns),
+            tokens_source=tokens_source,
+            itl_ms=gaps_ms(times),
             vram_note=REMOTE_NOTE,
+            request_start=start / 1e9,
+            timing_source=source,
+            user_clock=user_clock,
         )
+
+
+def _lines(pieces: Iterable[tuple[bytes, Stamp]]) -> Iterable[tuple[bytes, Stamp]]:
+    """The body's lines (without their end), each with the stamp of the data that ended it."""
+    pending = b""
+    for data, stamp in pieces:
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r"), stamp
+    if pending:
+        yield pending.rstrip(b"\r"), Stamp(None, time.time_ns())
+
+
+def _source(sent: Stamp, received: list[Stamp]) -> TimingSource:
+    rx = clock_name(received)
+    if rx == "kernel":
+        return "kernel" if sent.kernel is not None else "kernel-rx"
+    return "user" if rx == "user" and sent.kernel is None else "mixed"
 
 
 def _usage_counts(usage: dict[str, Any] | None) -> tuple[int | None, int | None]:
@@ -183,13 +270,14 @@ def _usage_counts(usage: dict[str, Any] | None) -> tuple[int | None, int | None]
     )
 
 
-def _whole(payload: Any, start_ns: int, end_ns: int) -> Generation:
+def _whole(payload: Any, response: Response) -> Generation:
     """A server that ignored ``stream``: one JSON answer, so TTFT is the whole latency."""
     try:
         text = str(payload["choices"][0]["message"].get("content") or "")
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise BackendError("backend_error", f"unexpected response: {payload!r:.300}") from exc
-    e2e = ms(start_ns, end_ns)
+    end = response.last
+    e2e = (end.best() - response.sent.best()) / 1e6
     output, prompt = _usage_counts(payload.get("usage"))
     return Generation(
         text=text.strip(),
@@ -200,13 +288,15 @@ def _whole(payload: Any, start_ns: int, end_ns: int) -> Generation:
         output_tokens=output,
         tokens_source="usage" if output is not None else "chunks",
         vram_note=REMOTE_NOTE,
+        request_start=response.sent.best() / 1e9,
+        timing_source=_source(response.sent, [end]),
     )
 
 
-def _http_error(response: httpx.Response) -> BackendError:
-    message = response.text.strip()
+def _http_error(status: int, raw: bytes) -> BackendError:
+    message = raw.decode("utf-8", "replace").strip()
     try:
-        payload = response.json()
+        payload = json.loads(raw)
         error = payload.get("error", payload) if isinstance(payload, dict) else payload
         if isinstance(error, dict):
             message = str(error.get("message") or error.get("detail") or error)
@@ -216,7 +306,6 @@ def _http_error(response: httpx.Response) -> BackendError:
             message = str(error)
     except ValueError:
         pass
-    status = response.status_code
     reason: FailReason = "backend_error"
     if status in (400, 413) and INPUT_COMPLAINT.search(message):
         reason = "bad_input"
