@@ -3,11 +3,13 @@ a GPU.
 
 Same names, signatures, error classes and codes as nvidia-ml-py; the GPUs are plain objects in
 `GPUS` that a test sets up with `reset` and then changes (a metric `unsupported`, a GPU `lost`,
-processes with foreign pids). `CALLS` counts every call by function name.
+processes with foreign pids). `CALLS` counts every call by function name. The energy counter
+rises at the GPU's ``power_mw`` with the wall clock, as a real one does.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -84,6 +86,8 @@ class FakeGpu:
     util_mem: int = 20
     power_mw: int = 71500
     temp_c: int = 55
+    energy_mj: int = 5_000_000_000  # at `energy_at`; it rises at `power_mw` from then
+    energy_at: float = field(default_factory=time.time)
     compute: list[tuple[int, int | None]] = field(default_factory=list)  # (pid, bytes)
     graphics: list[tuple[int, int | None]] = field(default_factory=list)
     unsupported: set[str] = field(default_factory=set)
@@ -168,6 +172,12 @@ def nvmlDeviceGetUtilizationRates(handle: Any) -> Any:
 
 def nvmlDeviceGetPowerUsage(handle: Any) -> int:
     return _gpu("nvmlDeviceGetPowerUsage", handle).power_mw
+
+
+def nvmlDeviceGetTotalEnergyConsumption(handle: Any) -> int:
+    """Millijoules since the driver loaded: `energy_mj` plus `power_mw` over the time since."""
+    g = _gpu("nvmlDeviceGetTotalEnergyConsumption", handle)
+    return g.energy_mj + int(g.power_mw * (time.time() - g.energy_at))
 
 
 def nvmlDeviceGetTemperature(handle: Any, sensor: int) -> int:

@@ -19,7 +19,8 @@ request's last byte arrived, ``first_ns`` when the first content chunk left and 
 process's ``time.time_ns`` (``clock: user``), all CLOCK_REALTIME; and the request's ``body``
 and ``auth`` header.
 
-``GET /stats``: ``connections`` accepted, ``requests`` served, ``tls`` handshakes done.
+``GET /stats``: ``connections`` accepted, ``requests`` served, ``tls`` handshakes done,
+``peak_running`` (the most requests streaming at once).
 ``GET /metrics``: Prometheus text with the chosen engine's families (vLLM:
 ``vllm:kv_cache_usage_perc``, ``vllm:num_requests_running``, ``vllm:num_requests_waiting``;
 SGLang: ``sglang:token_usage``, ``sglang:num_running_reqs``, ``sglang:num_queue_reqs``) among
@@ -97,7 +98,7 @@ class Server:
         self.running: set[int] = set()
         self.waiting: deque[Stream] = deque()
         self.truth: list[dict[str, Any]] = []
-        self.stats = {"connections": 0, "requests": 0, "tls": 0}
+        self.stats = {"connections": 0, "requests": 0, "tls": 0, "peak_running": 0}
 
     def serve(self) -> None:
         print(f"PORT {self.listener.getsockname()[1]}", flush=True)
@@ -236,6 +237,7 @@ class Server:
 
     def _admit(self, stream: Stream) -> None:
         self.running.add(id(stream))
+        self.stats["peak_running"] = max(self.stats["peak_running"], len(self.running))
         stream.truth["admitted"] = time.monotonic()
         self._at(time.monotonic() + stream.first_s, stream)
 

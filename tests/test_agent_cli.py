@@ -33,6 +33,12 @@ def agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     ([*BASE, "--max-new-tokens", "0"], "--max-new-tokens"),
     ([*BASE, "--on-hang", "pray"], "--on-hang"),
     ([*BASE[:1], "ftp://x", *BASE[2:]], "--url"),
+    ([*BASE, "--concurrency", "0"], "--concurrency"),
+    ([*BASE, "--rate", "0"], "--rate"),
+    ([*BASE, "--temperature", "5"], "--temperature"),
+    ([*BASE, "--extra-body", "[1, 2]"], "--extra-body"),
+    ([*BASE, "--api-key-env", "sk-live-123"], "--api-key-env"),
+    ([*BASE, "--server-metrics", "ftp://x"], "--server-metrics"),
 ])
 def test_a_bad_argument_is_one_line_naming_it_and_status_2(args: list[str], named: str) -> None:
     done = agent(*args, env=TOKEN_ENV)
@@ -40,6 +46,7 @@ def test_a_bad_argument_is_one_line_naming_it_and_status_2(args: list[str], name
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0], done.stderr
     assert lines[0].startswith("vlmd-agent: error:") and "Traceback" not in done.stderr
+    assert "sk-live" not in done.stderr  # a key given by mistake is not repeated in a log
 
 
 def test_without_a_token_the_agent_refuses_to_start(tmp_path: Path) -> None:

@@ -124,10 +124,11 @@ async def test_run_status_counts_and_summary(daemon: Daemon) -> None:
 
 EXPECTED_CSV = """\
 run,item,question,answer,expected,score,ttft_ms,tpot_ms,e2e_ms,input_tokens,output_tokens,\
-vram_before_mb,vram_peak_delta_mb,error
-r1,1,What colour?,B,B,1.0,182.4,21.7,830.1,611,31,15234.0,412.5,
-r1,2,,,,,,,,,,,,oom: CUDA out of memory
-r1,3,"Say ""hi"", please",hi,"[""hi"",""hello""]",0.6667,,,,,,,,
+vram_before_mb,vram_peak_delta_mb,error,request_start,energy_j,kv_cache_peak,server_running,\
+server_waiting
+r1,1,What colour?,B,B,1.0,182.4,21.7,830.1,611,31,15234.0,412.5,,1796210000.25,41.5,0.42,3,0
+r1,2,,,,,,,,,,,,oom: CUDA out of memory,,,,,
+r1,3,"Say ""hi"", please",hi,"[""hi"",""hello""]",0.6667,,,,,,,,,,,,,
 """
 
 
@@ -135,7 +136,9 @@ async def test_answers_csv_matches_the_expected_text(daemon: Daemon) -> None:
     item1 = ev("r1", "item.completed", {
         "item": "1", "question": "What colour?", "answer": "B", "expected": "B", "score": 1.0,
         "ttft_ms": 182.4, "tpot_ms": 21.7, "e2e_ms": 830.1, "input_tokens": 611,
-        "output_tokens": 31, "vram_before_mb": 15234.0, "vram_peak_delta_mb": 412.5})
+        "output_tokens": 31, "vram_before_mb": 15234.0, "vram_peak_delta_mb": 412.5,
+        "request_start": 1796210000.25, "energy_j": 41.5, "kv_cache_peak": 0.42,
+        "server_running": 3, "server_waiting": 0})
     item3 = ev("r1", "item.completed", {"item": 3, "question": 'Say "hi", please', "answer": "hi",
                                         "expected": ["hi", "hello"], "score": 0.6667})
     retry_fails = failed("r1", 1, attempt=1)  # a completed item stays completed

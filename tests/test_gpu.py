@@ -126,6 +126,19 @@ def test_unsupported_metric_is_none_and_named_in_na() -> None:
     assert g1["temp_c"] == 55.0 and g1["mem_used_mb"] == 1000.0
 
 
+def test_the_energy_counter_is_joules_and_na_where_the_gpu_lacks_it() -> None:
+    fake.reset(2)
+    fake.GPUS[0].energy_mj, fake.GPUS[0].power_mw = 7_000_000, 0
+    fake.GPUS[1].unsupported = {"nvmlDeviceGetTotalEnergyConsumption"}
+    g0, g1 = _sample(fake, [ME])
+    assert g0["energy_j"] == 7000.0 and g0["na"] == []
+    assert g1["energy_j"] is None and g1["na"] == ["energy_j"]
+    fake.GPUS[0].power_mw = 100_000  # 100 W from now: the counter rises with the clock
+    fake.GPUS[0].energy_at = time.time() - 2.0
+    (later, _) = _sample(fake, [ME])
+    assert 7199.0 < later["energy_j"] < 7260.0
+
+
 def test_lost_gpu_becomes_a_lost_record_and_the_others_still_report() -> None:
     fake.reset(3)
     with closing(open_gpus(fake, smi=None)) as src:
@@ -300,10 +313,11 @@ def test_nvidia_smi_is_one_long_running_process_and_its_lines_are_parsed(
     assert g0 == {"index": 0, "uuid": "GPU-aaaa", "name": "NVIDIA H200", "mem_used_mb": 1234.0,
                   "mem_total_mb": 143771.0, "mem_reserved_mb": 512.0, "util_gpu": 37.0,
                   "util_mem": 12.0, "power_w": 123.45, "temp_c": 41.0, "proc_mem_mb": 1234.0,
-                  "proc_mem_source": "device", "na": []}
+                  "proc_mem_source": "device", "na": ["energy_j"],
+                  "energy_j": None}
     assert list(g1) == list(DEVICE_KEYS)
     assert (g1["mem_reserved_mb"], g1["util_mem"], g1["power_w"]) == (None, None, None)
-    assert g1["na"] == ["mem_reserved_mb", "util_mem", "power_w"]
+    assert g1["na"] == ["mem_reserved_mb", "util_mem", "power_w", "energy_j"]
     assert not psutil.pid_exists(src.pid) or psutil.Process(src.pid).status() == "zombie"
 
 
@@ -314,7 +328,7 @@ def test_nvidia_smi_without_memory_reserved_is_asked_again_without_it(
         g0, _ = _wait_for_gpus(src)
     starts = log.read_text().splitlines()
     assert len(starts) == 2 and "memory.reserved" not in starts[1]
-    assert g0["mem_reserved_mb"] is None and g0["na"] == ["mem_reserved_mb"]
+    assert g0["mem_reserved_mb"] is None and g0["na"] == ["mem_reserved_mb", "energy_j"]
     assert g0["mem_used_mb"] == 1234.0
 
 
@@ -333,4 +347,5 @@ def test_parse_smi_line_rejects_what_is_not_a_device_line() -> None:
     assert parse_smi_line("") is None
     d = parse_smi_line("3, GPU-x, A100, [N/A], 81920, 0, 1, 2, 60.5, [Unknown Error]")
     assert d is not None and d["index"] == 3 and d["temp_c"] is None
-    assert d["proc_mem_mb"] is None and d["na"] == ["mem_used_mb", "temp_c", "proc_mem_mb"]
+    assert d["proc_mem_mb"] is None
+    assert d["na"] == ["mem_used_mb", "temp_c", "proc_mem_mb", "energy_j"]

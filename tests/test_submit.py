@@ -10,7 +10,10 @@ import pytest
 
 from tests.conftest import TOKEN
 from tests.events import finished, started, submitted
+from vlmd.config import Config
 from vlmd.daemon.serve import Daemon
+from vlmd.launch import submit
+from vlmd.launch.launcher import LaunchSpec
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
@@ -33,6 +36,14 @@ def dataset(tmp_path: Path) -> Path:
     ({"limit": True}, "limit: expected an integer"),
     ({"device": "tpu"}, "device: expected auto, cpu, cuda or cuda:N"),
     ({"colour": "red"}, "colour: unknown field"),
+    ({"concurrency": 0}, "concurrency: expected an integer from 1 to 1024"),
+    ({"rate": 0}, "rate: expected requests per second, a number above 0"),
+    ({"temperature": 2.5}, "temperature: expected a number from 0 to 2"),
+    ({"extra_body": [1]}, "extra_body: expected a JSON object"),
+    ({"api_key_env": "sk-live-abc123"}, "api_key_env: expected the name of an environment "
+                                        "variable (letters, digits, '_'), not a key"),
+    ({"server_metrics": "ftp://x"}, "server_metrics: expected auto, off or an http(s) URL"),
+    ({"system_prompt": "Be brief."}, "system_prompt: applies to served models (openai:) only"),
 ])
 async def test_bad_submissions_are_422_naming_the_field_and_append_nothing(
         daemon: Daemon, dataset: Path, body: dict[str, Any], message: str) -> None:
@@ -42,6 +53,23 @@ async def test_bad_submissions_are_422_naming_the_field_and_append_nothing(
     assert r.status_code == 422
     assert message in r.json()["error"]
     assert daemon.live.log.count() == 0
+
+
+def test_serving_options_travel_to_every_agent_and_back_from_the_log(dataset: Path) -> None:
+    spec = submit.parse({"model": "openai:m@http://127.0.0.1:8000/v1", "dataset": str(dataset),
+                         "concurrency": 16, "rate": 20, "temperature": 0.3,
+                         "system_prompt": "Answer with a letter.", "extra_body": {"top_k": 1},
+                         "api_key_env": "VLLM_KEY", "server_metrics": "off"})
+    args = spec.agent_args("http://v:8470", 0, Config.load(None))
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert flags["--concurrency"] == "16" and flags["--rate"] == "20.0"
+    assert flags["--temperature"] == "0.3" and flags["--system-prompt"] == "Answer with a letter."
+    assert flags["--extra-body"] == '{"top_k": 1}' and flags["--api-key-env"] == "VLLM_KEY"
+    assert flags["--server-metrics"] == "off"
+    body = submit.submitted_event(spec)["body"]
+    assert body["config"]["concurrency"] == 16 and body["config"]["api_key_env"] == "VLLM_KEY"
+    again = LaunchSpec.from_submitted(spec.run, body)
+    assert again.agent_args("http://v:8470", 0, Config.load(None)) == args
 
 
 async def test_submitting_needs_the_token(daemon: Daemon, dataset: Path) -> None:

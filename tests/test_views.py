@@ -13,7 +13,7 @@ import pytest
 
 from tests.events import completed, ev, failed, finished, started, submitted
 from vlmd.projections import answers, summary, tracker
-from vlmd.projections.gpus import SAMPLE_COLUMNS, sample_rows
+from vlmd.projections.gpus import SAMPLE_COLUMNS, sample_rows, server_rows
 from vlmd.store import views
 from vlmd.store.log import EventLog
 from vlmd.store.migrations import MIGRATIONS, migrate
@@ -42,7 +42,10 @@ def sample_one(run: str, t: float, gpus: list[dict[str, Any]]) -> dict[str, Any]
 def sample_batch(run: str, t: float, n: int) -> dict[str, Any]:
     samples = [{"t": t + i * 0.05, "gpus": [gpu(0, 1000.0 + i), gpu(1, 2000.0 - i)],
                 "ram": RAM} for i in range(n)]
-    return ev(run, "watchdog.sample", {"host": "node-2", "samples": samples})
+    server = [{"t": t + 0.1, "engine": "vllm", "kv_cache_usage": 0.42, "running": 3.0,
+               "waiting": 1.0}, {"t": t + 0.35, "error": "HTTP 503"}]
+    return ev(run, "watchdog.sample", {"host": "node-2", "samples": samples, "server": server,
+                                       "model_gpus": [0, 1]})
 
 
 def random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
@@ -108,7 +111,10 @@ def random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
 def fixed_events() -> list[dict[str, Any]]:
     return [
         submitted("a", total=4, name="nightly"), started("a", total=4),
-        completed("a", 1, ttft=120.0), completed("a", 2, score=0.0, ttft=300.0),
+        completed("a", 1, ttft=120.0, request_start=1.79e9 + 0.5, energy_j=12.5,
+                  energy_source="nvml", kv_cache_peak=0.42, server_running=3,
+                  server_waiting=1, itl_ms=[20.5, 19.75], timing_source="kernel"),
+        completed("a", 2, score=0.0, ttft=300.0),
         failed("a", 3), failed("a", 1, attempt=1), {**completed("a", 3, ttft=80.0),
                                                     "key": "a/item/3/1"},
         sample_one("a", 1.79e9, [gpu(0, 15000.0), gpu(1, 900.0)]),
@@ -173,6 +179,8 @@ def check_agreement(log: EventLog) -> int:
         assert (alerts[-1]["kind"] if alerts else None) == state.last_alert
     samples = query(log, "SELECT * FROM samples")
     assert samples == [r for e in log.read(kinds=["watchdog.sample"]) for r in sample_rows(e)]
+    scrapes = query(log, "SELECT * FROM server_samples")
+    assert scrapes == [r for e in log.read(kinds=["watchdog.sample"]) for r in server_rows(e)]
     assert list(samples[0]) == list(SAMPLE_COLUMNS) if samples else True
     return len(folded.runs)
 
@@ -192,6 +200,16 @@ def test_every_view_agrees_with_its_python_fold(tmp_path: Path) -> None:
     assert gpus[2]["gpu"] is None and gpus[2]["rss_mb"] == 2048.0
     [ms] = query(log, "SELECT * FROM model_summary WHERE run = 'a'")
     assert (ms["accuracy"], ms["ttft_ms_p50"], ms["ttft_ms_p90"]) == (2 / 3, 120.0, 264.0)
+    [one] = query(log, "SELECT request_start, energy_j, kv_cache_peak, server_running, itl_ms, "
+                       "timing_source FROM items WHERE run = 'a' AND item = '1'")
+    assert one == {"request_start": 1.79e9 + 0.5, "energy_j": 12.5, "kv_cache_peak": 0.42,
+                   "server_running": 3, "itl_ms": "[20.5,19.75]", "timing_source": "kernel"}
+    scrapes = query(log, "SELECT part, engine, kv_cache_usage, waiting, error "
+                         "FROM server_samples")
+    assert scrapes == [{"part": 0, "engine": "vllm", "kv_cache_usage": 0.42, "waiting": 1.0,
+                        "error": None},
+                       {"part": 1, "engine": None, "kv_cache_usage": None, "waiting": None,
+                        "error": "HTTP 503"}]
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -207,7 +225,7 @@ def test_the_views_use_the_summary_percentiles_and_outcome_classes() -> None:
     assert views.CORRECT_AT == answers.CORRECT_AT
 
 
-def test_a_log_made_by_0002_gets_the_views_of_0003(tmp_path: Path) -> None:
+def test_a_log_made_by_0002_gets_the_views_of_0003_and_0004(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied REAL)")
@@ -216,7 +234,7 @@ def test_a_log_made_by_0002_gets_the_views_of_0003(tmp_path: Path) -> None:
             conn.execute(step)
         conn.execute("INSERT INTO migrations VALUES (?, 0)", (name,))
     assert [c[1] for c in conn.execute("PRAGMA table_info(runs)")].count("shards") == 0
-    assert migrate(conn) == ["0003_views"]
+    assert migrate(conn) == ["0003_views", "0004_serving_views"]
     conn.close()
     log = make_log(path, [*fixed_events(), ev("b", "run.scheduled", {
         "scheduler": "slurm", "job": "9", "shards": [1], "of": 2, "resume": True})])

@@ -106,6 +106,36 @@ class ItemCompleted(ItemOutcome, kw_only=True, frozen=True):
     vram_note: Annotated[Annotated[str, Meta(max_length=256)] | None,
                          doc("Why no VRAM delta was measured, when none was (a remote server, "
                              "a CPU model)")] = None
+    vram_source: Annotated[Literal["torch.cuda", "nvml", "torch.cuda-shared",
+                                   "nvml-shared"] | None,
+                           doc("How the VRAM delta was measured; -shared: other requests were "
+                               "in flight, so it is theirs as much as this item's")] = None
+    itl_ms: Annotated[list[NonNegative] | None,
+                      doc("Gaps between consecutive content chunks after the first (for ITL "
+                          "percentiles)", "ms")] = None
+    request_start: Annotated[NonNegative | None,
+                             doc("When the request was sent (epoch seconds; the kernel's send "
+                                 "time where timing_source is kernel)", "s")] = None
+    timing_source: Annotated[Literal["kernel", "kernel-rx", "user", "mixed"] | None,
+                             doc("The clock of the timings: kernel (packet timestamps at both "
+                                 "ends), kernel-rx (received data only), user (read by the "
+                                 "process), mixed")] = None
+    energy_j: Annotated[NonNegative | None,
+                        doc("GPU energy used during the request: NVML's energy counter over "
+                            "it, on the model's GPUs (in-process models)", "J")] = None
+    energy_source: Annotated[Literal["nvml", "na"] | None,
+                             doc("nvml: energy_j was measured; na: the GPU has no energy "
+                                 "counter")] = None
+    kv_cache_peak: Annotated[NonNegative | None,
+                             doc("The serving engine's KV-cache usage at its peak during the "
+                                 "request, a fraction from 0 to 1 (its /metrics; shared by "
+                                 "every request it serves)")] = None
+    server_running: Annotated[Count | None,
+                              doc("Requests the engine was running, at most, during the "
+                                  "request")] = None
+    server_waiting: Annotated[Count | None,
+                              doc("Requests waiting in the engine's queue, at most, during the "
+                                  "request")] = None
 
 
 class ItemFailed(ItemOutcome, kw_only=True, frozen=True):
@@ -142,6 +172,8 @@ class Gpu(Body, kw_only=True, frozen=True):
     lost: Annotated[bool | None, doc("True when the GPU did not answer (lost, reset needed)")
                     ] = None
     error: Annotated[Text | None, doc("Why the GPU is lost")] = None
+    energy_j: Annotated[NonNegative | None, doc("Energy the GPU used since its driver loaded "
+                                                "(NVML's total energy counter)", "J")] = None
 
 
 class Ram(Body, kw_only=True, frozen=True):
@@ -169,12 +201,31 @@ class Sample(Body, kw_only=True, frozen=True):
     ram: Annotated[dict[str, Any], doc("RAM figures (`Ram`)")]
 
 
+class ServerScrape(Body, kw_only=True, frozen=True):
+    """One read of the serving engine's Prometheus /metrics (`vlmd_agent.watch.server`)."""
+
+    t: Annotated[NonNegative, doc("When it was read (agent clock)", "s")]
+    engine: Annotated[Text | None, doc("vllm or sglang: whose metric families it has")] = None
+    kv_cache_usage: Annotated[NonNegative | None, doc("KV-cache usage, a fraction from 0 to 1 "
+                                                      "(the largest over the engine's ranks)")
+                              ] = None
+    running: Annotated[NonNegative | None, doc("Requests the engine is running")] = None
+    waiting: Annotated[NonNegative | None, doc("Requests waiting in its queue")] = None
+    error: Annotated[Text | None, doc("Why the read failed")] = None
+
+
 class WatchdogSample(Body, kw_only=True, frozen=True):
     """``watchdog.sample``: one sample inline (``t``, ``gpus``, ``ram``), or a batch of them
     in ``samples``; `vlmd_agent.wire` checks that it is exactly one of the two."""
 
     host: Annotated[Host, doc("The agent's host")]
     samples: Annotated[list[Sample] | None, doc("A batch of samples")] = None
+    server: Annotated[list[dict[str, Any]] | None, doc("The serving engine's /metrics read in "
+                                                       "the same second (`ServerScrape`)")
+                      ] = None
+    model_gpus: Annotated[list[int] | None, doc("The indexes of the GPUs that run the model "
+                                                "(its energy is the run's); absent when the "
+                                                "model is not on this host")] = None
     t: Annotated[NonNegative | None, doc("Sample time (agent clock), inline form", "s")] = None
     gpus: Annotated[list[Any] | None, doc("The GPUs, inline form")] = None
     ram: Annotated[dict[str, Any] | None, doc("RAM figures, inline form")] = None
@@ -292,6 +343,7 @@ def body_type(kind: str) -> type[Body] | None:
 ANSWER_COLUMNS: tuple[str, ...] = (
     "run", "item", "question", "answer", "expected", "score", "ttft_ms", "tpot_ms", "e2e_ms",
     "input_tokens", "output_tokens", "vram_before_mb", "vram_peak_delta_mb", "error",
+    "request_start", "energy_j", "kv_cache_peak", "server_running", "server_waiting",
 )
 """The columns of answers.csv, in order: the run, then item fields (of `ItemCompleted`, or
 `ItemOutcome` for a failed item), then `error`. New columns go after ``error``: readers go by

@@ -19,13 +19,15 @@ first.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import trio
@@ -37,11 +39,13 @@ from vlmd_agent.watch.detect import signal_name
 from vlmd_agent.watch.gpu import open_gpus
 from vlmd_agent.watch.memory import CgroupPaths, RamReader
 from vlmd_agent.watch.sampler import Sampler
+from vlmd_agent.watch.server import metrics_url_of
 from vlmd_agent.watch.watchdog import Watchdog, WatchdogConfig
 
 log = logging.getLogger("vlmd_agent.watch.watchdog")
 
 EXIT_USAGE = 2
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 STOP_FLUSH_S = 5.0  # the final flush after a stop signal (the spools keep the rest)
 PROGRESS_LOG_S = 10.0  # how often a long final flush says what it waits for
@@ -82,10 +86,33 @@ def _tokens(text: str) -> int:
     return value
 
 
+def _temperature(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 2:
+        raise ValueError(text)
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(text)
+    return value
+
+
+def _env_name(text: str) -> str:
+    if not ENV_NAME.fullmatch(text):  # not echoed: it may be the key itself, given by mistake
+        raise argparse.ArgumentTypeError("expected the name of an environment variable "
+                                         "(letters, digits, '_'), not a key")
+    return text
+
+
 _positive.__name__ = "positive number"  # argparse names the type in its error message
 _fraction.__name__ = "fraction in (0, 1]"
 _count.__name__ = "non-negative integer"
 _tokens.__name__ = "positive integer"
+_temperature.__name__ = "temperature from 0 to 2"
+_json_object.__name__ = "JSON object"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,6 +141,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-timeout-s", type=_positive, default=20.0,
                    help="after SIGTERM, how long the wrapper may take before SIGKILL")
     p.add_argument("--token-file", type=Path, help="file holding the token (else $VLMD_TOKEN)")
+    serving = p.add_argument_group("serving models (openai:)")
+    serving.add_argument("--concurrency", type=_tokens, default=1,
+                         help="requests in flight at once (default 1)")
+    serving.add_argument("--rate", type=_positive,
+                         help="start requests at this fixed rate per second (capped by "
+                              "--concurrency in flight)")
+    serving.add_argument("--temperature", type=_temperature, default=0.0,
+                         help="sampling temperature (default 0: greedy)")
+    serving.add_argument("--system-prompt", help="a system message before every question")
+    serving.add_argument("--extra-body", type=_json_object,
+                         help="JSON object merged into every request body, e.g. "
+                              "'{\"top_p\": 0.9}'")
+    serving.add_argument("--api-key-env", type=_env_name,
+                         help="environment variable holding the API key (default "
+                              "OPENAI_API_KEY, if set); never the key itself")
+    serving.add_argument("--server-metrics", default="auto", metavar="URL|auto|off",
+                         help="the engine's Prometheus /metrics (vLLM, SGLang); auto: found "
+                              "beside the model's URL")
+    serving.add_argument("--server-metrics-s", type=_positive, default=0.25,
+                         help="how often /metrics is read (default 0.25 s)")
     return p
 
 
@@ -150,12 +197,30 @@ def config(argv: Sequence[str] | None = None,
     wrapper = WrapperConfig(url=args.url.rstrip("/"), run=args.run, model=args.model,
                             dataset=args.dataset, spool=spool, shard=args.shard,
                             limit=args.limit, max_new_tokens=args.max_new_tokens,
-                            device=args.device)
+                            device=args.device, concurrency=args.concurrency, rate=args.rate,
+                            temperature=args.temperature, system_prompt=args.system_prompt,
+                            extra_body=args.extra_body, api_key_env=args.api_key_env)
     return WatchdogConfig(
         wrapper, token, interval_s=args.interval_s, heartbeat_s=args.heartbeat_s,
         hang_after_s=args.hang_after_s, loading_hang_s=args.loading_hang_s,
         on_hang=args.on_hang, max_restarts=args.max_restarts, vram_high=args.vram_high,
-        ram_high=args.ram_high, stop_timeout_s=args.stop_timeout_s, cgroup=cgroup)
+        ram_high=args.ram_high, stop_timeout_s=args.stop_timeout_s, cgroup=cgroup,
+        server_metrics=server_metrics(p, args), server_metrics_s=args.server_metrics_s,
+        server_metrics_guessed=args.server_metrics == "auto")
+
+
+def server_metrics(p: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The /metrics URL to read: as given, found beside an openai: model's URL (auto), or
+    None (off, or a model that is not served)."""
+    if args.server_metrics == "off":
+        return None
+    if args.server_metrics == "auto":
+        return metrics_url_of(args.model)
+    url = httpx.URL(args.server_metrics)
+    if url.scheme not in ("http", "https") or not url.host:
+        p.error(f"argument --server-metrics: {args.server_metrics!r} is not an http(s) URL, "
+                "auto or off")
+    return str(args.server_metrics)
 
 
 async def run_agent(cfg: WatchdogConfig) -> int:

@@ -59,6 +59,12 @@ class WrapperConfig:
     max_new_tokens: int = 32
     device: str = "auto"
     attempt: int = 0
+    concurrency: int = 1  # requests in flight at once
+    rate: float | None = None  # requests started per second (None: as fast as they finish)
+    temperature: float = 0.0  # the request options of serving models (RequestOptions)
+    system_prompt: str | None = None
+    extra_body: dict[str, Any] | None = None
+    api_key_env: str | None = None  # the variable's name; its value never leaves the process
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

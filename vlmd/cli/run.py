@@ -7,6 +7,7 @@ embedded one in the same process, which stops when they end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -77,6 +78,36 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--on-hang", choices=("report", "restart"), default="report")
     p.add_argument("--out", default="vlmd-out", help="folder for answers.csv (default vlmd-out)")
+    serving = p.add_argument_group("serving (openai: models; --concurrency and --rate: any)")
+    serving.add_argument("--concurrency", type=int, help="requests in flight per agent "
+                                                         "(default 1)")
+    serving.add_argument("--rate", type=float, help="start requests at this fixed rate per "
+                                                    "second per agent (a load test), at most "
+                                                    "--concurrency in flight")
+    serving.add_argument("--temperature", type=float, help="sampling temperature (default 0)")
+    serving.add_argument("--system-prompt", help="a system message before every question")
+    serving.add_argument("--extra-body", metavar="JSON",
+                         help="JSON object merged into every request, e.g. '{\"top_p\": 0.9}'")
+    serving.add_argument("--api-key-env", metavar="NAME",
+                         help="the environment variable (of the agents) that holds the API key; "
+                              "default OPENAI_API_KEY when set")
+    serving.add_argument("--server-metrics", metavar="URL|auto|off",
+                         help="the engine's Prometheus metrics (default auto: BASE_URL/metrics)")
+
+
+def serving_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The serving options given on the command line, as `POST /api/runs` fields."""
+    body: dict[str, Any] = {}
+    for key in ("concurrency", "rate", "temperature", "system_prompt", "api_key_env",
+                "server_metrics"):
+        if (value := getattr(args, key)) is not None:
+            body[key] = value
+    if args.extra_body is not None:
+        try:
+            body["extra_body"] = json.loads(args.extra_body)
+        except ValueError as e:
+            raise CliError(f"--extra-body: not JSON ({e})") from None
+    return body
 
 
 @command("run", _run_args)
@@ -85,10 +116,12 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
     Example:
         vlmd run --model demo:tiny --dataset demo.jsonl --name tiny-check --limit 50
+        vlmd run --model openai:qwen2-vl@http://127.0.0.1:8000/v1 --dataset mmbench.tsv \\
+            --concurrency 32 --api-key-env VLLM_KEY --extra-body '{"top_k": 1}'
     """
     body = {"model": args.model, "dataset": str(Path(args.dataset).resolve()),
             "shards": args.shards, "max_new_tokens": args.max_new_tokens,
-            "on_hang": args.on_hang}
+            "on_hang": args.on_hang, **serving_body(args)}
     body.update({k: v for k, v in (("name", args.name), ("limit", args.limit)) if v is not None})
 
     async def main() -> dict[str, Any]:

@@ -24,6 +24,9 @@ def _declared(fields: list[catalog.FieldInfo], names: tuple[str, ...] | None = N
 
 
 _ITEM_COLUMNS = _declared(catalog.answer_columns())
+_SERVING_ITEM_COLUMNS = _declared(catalog.fields(catalog.ItemCompleted), (
+    "itl_ms", "timing_source", "vram_source", "energy_source"))
+_SCRAPE = {f.name: f for f in catalog.fields(catalog.ServerScrape)}
 _GPU = {f.name: f for f in catalog.fields(catalog.Gpu)}
 _SAMPLE_GPU_COLUMNS: tuple[Column, ...] = (
     ("gpu", None, _GPU["index"].meaning),
@@ -77,6 +80,7 @@ TABLES: dict[str, tuple[str, str, tuple[Column, ...]]] = {
         ("outcome", None, "correct (score >= 0.5), wrong, unscored or failed"),
         ("reason", None, "Failure reason: oom, timeout, backend_error or bad_input"),
         ("shard", None, "The agent's shard (i/n) that produced the row"),
+        *_SERVING_ITEM_COLUMNS,
         ("ts", None, "Producer time of the row's event, Unix seconds"),
         ("seq", None, "Seq of the event the row comes from"),
         ("first_seq", None, "Seq of the item's first event (rows are in this order)"),
@@ -91,6 +95,17 @@ TABLES: dict[str, tuple[str, str, tuple[Column, ...]]] = {
         ("t", None, "Sample time (agent clock), Unix seconds"),
         *_SAMPLE_GPU_COLUMNS,
         *_SAMPLE_RAM_COLUMNS,
+    )),
+    "server_samples": ("Serving engine samples", "One row per read of the serving engine's "
+                       "Prometheus /metrics (vLLM, SGLang) by a watchdog: its KV cache and "
+                       "queue over time.", (
+        ("seq", None, "Seq of the watchdog.sample event"),
+        ("part", None, "Index of the read within the event"),
+        ("run", None, "Run id"),
+        ("host", None, "Agent host"),
+        ("t", "s", _SCRAPE["t"].meaning),
+        *_declared(list(_SCRAPE.values()), ("engine", "kv_cache_usage", "running", "waiting",
+                                            "error")),
     )),
     "alerts": ("Alerts", "Every alert.* event: hangs, wrapper deaths, OOM kills, lost agents.", (
         ("seq", None, "Seq of the alert event"),

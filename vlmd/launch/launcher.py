@@ -9,6 +9,7 @@ and deliver them when vlmd is back.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -26,6 +27,9 @@ from vlmd.config import Config
 log = logging.getLogger("vlmd.launch.launcher")
 
 MAX_RESTARTS = 5
+SERVING = ("concurrency", "rate", "temperature", "system_prompt", "extra_body", "api_key_env",
+           "server_metrics")
+"""The serving options of a run (``vlmd-agent --concurrency`` ...), as submitted."""
 RESTART_DELAY_S = 1.0
 Append = Callable[[list[dict[str, Any]]], Awaitable[object]]
 
@@ -47,6 +51,7 @@ class LaunchSpec:
     device: str = "auto"
     on_hang: str = "report"
     options: dict[str, Any] = field(default_factory=dict)
+    serving: dict[str, Any] = field(default_factory=dict)  # `SERVING` options that are set
 
     @classmethod
     def from_submitted(cls, run: str, body: dict[str, Any]) -> LaunchSpec:
@@ -56,7 +61,8 @@ class LaunchSpec:
                    shards=body.get("shards") or 1, limit=cfg.get("limit"),
                    max_new_tokens=cfg.get("max_new_tokens") or 32,
                    device=cfg.get("device") or "auto", on_hang=cfg.get("on_hang") or "report",
-                   options={"name": body["name"]} if body.get("name") else {})
+                   options={"name": body["name"]} if body.get("name") else {},
+                   serving={k: cfg[k] for k in SERVING if cfg.get(k) is not None})
 
     def agent_args(self, url: str, shard: int, config: Config) -> list[str]:
         """The ``vlmd-agent`` arguments of one shard (the token travels in the environment)."""
@@ -70,6 +76,9 @@ class LaunchSpec:
             args += ["--shard", f"{shard}/{self.shards}"]
         if self.limit is not None:
             args += ["--limit", str(self.limit)]
+        for key, value in self.serving.items():
+            text = json.dumps(value) if isinstance(value, dict) else str(value)
+            args += [f"--{key.replace('_', '-')}", text]
         return args
 
 

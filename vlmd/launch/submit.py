@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
-from vlmd.launch.launcher import LaunchSpec
+from vlmd.launch.launcher import SERVING, LaunchSpec
 from vlmd_agent import wire
 
 MODEL_RE = re.compile(r"(openai:[^@\s]+@https?://\S+|hf:\S+|demo:[A-Za-z0-9_.:-]+)")
-LIMITS = {"shards": (1, 256), "limit": (1, 10_000_000), "max_new_tokens": (1, 32_768)}
-FIELDS = {"model", "dataset", "name", "shards", "limit", "max_new_tokens", "device", "on_hang"}
+LIMITS = {"shards": (1, 256), "limit": (1, 10_000_000), "max_new_tokens": (1, 32_768),
+          "concurrency": (1, 1024)}
+FIELDS = {"model", "dataset", "name", "shards", "limit", "max_new_tokens", "device", "on_hang",
+          *SERVING}
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+MAX_TEXT = 65_536
+# what only a served model's requests carry (concurrency and rate work with any model)
+SERVED_ONLY = ("temperature", "system_prompt", "extra_body", "api_key_env")
 
 
 class SubmitError(ValueError):
@@ -20,7 +27,8 @@ class SubmitError(ValueError):
 
 def parse(body: Any) -> LaunchSpec:
     """Check a submission (``model``, ``dataset``, optional ``name``, ``shards``, ``limit``,
-    ``max_new_tokens``, ``device``, ``on_hang``) and build its spec with a new run id.
+    ``max_new_tokens``, ``device``, ``on_hang``, and the serving options: ``concurrency`` and
+    those of `serving_options`) and build its spec with a new run id.
 
     The dataset must be a file on this host (the local launcher's agents read it); its path is
     made absolute. Raises SubmitError naming the first bad field.
@@ -57,10 +65,61 @@ def parse(body: Any) -> LaunchSpec:
     on_hang = body.get("on_hang", "report")
     if on_hang not in ("report", "restart"):
         raise SubmitError("on_hang: expected report or restart")
+    found = serving_options(body, model)
+    if "concurrency" in numbers:
+        found["concurrency"] = numbers["concurrency"]
+    serving = {key: found[key] for key in SERVING if key in found}
     return LaunchSpec(run=wire.new_run_id(), model=model, dataset=str(path),
                       shards=numbers.get("shards", 1), limit=numbers.get("limit"),
                       max_new_tokens=numbers.get("max_new_tokens", 32), device=device,
-                      on_hang=on_hang, options={"name": name} if name else {})
+                      on_hang=on_hang, options={"name": name} if name else {},
+                      serving=serving)
+
+
+def serving_options(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """The set serving options of a submission but ``concurrency`` (checked with the other
+    integers): ``rate`` (requests per second), ``temperature`` (0 to 2), ``system_prompt``,
+    ``extra_body`` (an object), ``api_key_env`` (a variable's name, never a key),
+    ``server_metrics`` (auto, off or an http(s) URL). Raises SubmitError naming the field."""
+    found: dict[str, Any] = {}
+    rate = body.get("rate")
+    if rate is not None:
+        if type(rate) not in (int, float) or not 0 < rate <= 1e6:
+            raise SubmitError("rate: expected requests per second, a number above 0")
+        found["rate"] = float(rate)
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if type(temperature) not in (int, float) or not 0 <= temperature <= 2:
+            raise SubmitError("temperature: expected a number from 0 to 2")
+        found["temperature"] = float(temperature)
+    prompt = body.get("system_prompt")
+    if prompt is not None:
+        if not isinstance(prompt, str) or len(prompt) > MAX_TEXT:
+            raise SubmitError(f"system_prompt: expected text (at most {MAX_TEXT} characters)")
+        found["system_prompt"] = prompt
+    extra = body.get("extra_body")
+    if extra is not None:
+        if not isinstance(extra, dict) or len(json.dumps(extra)) > MAX_TEXT:
+            raise SubmitError("extra_body: expected a JSON object (at most 64 KiB), merged into "
+                              "every request body")
+        found["extra_body"] = extra
+    env = body.get("api_key_env")
+    if env is not None:
+        if not isinstance(env, str) or not ENV_NAME.fullmatch(env):
+            raise SubmitError("api_key_env: expected the name of an environment variable "
+                              "(letters, digits, '_'), not a key")
+        found["api_key_env"] = env
+    metrics = body.get("server_metrics")
+    if metrics is not None:
+        if not isinstance(metrics, str) or not (
+                metrics in ("auto", "off") or re.fullmatch(r"https?://\S+", metrics)):
+            raise SubmitError("server_metrics: expected auto, off or an http(s) URL")
+        found["server_metrics"] = metrics
+    if not model.startswith("openai:"):
+        for key in SERVED_ONLY:
+            if key in found and not (key == "temperature" and found[key] == 0):
+                raise SubmitError(f"{key}: applies to served models (openai:) only")
+    return found
 
 
 def submitted_event(spec: LaunchSpec) -> dict[str, Any]:
@@ -68,7 +127,8 @@ def submitted_event(spec: LaunchSpec) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": spec.model, "dataset": spec.dataset, "shards": spec.shards,
         "config": {"limit": spec.limit, "max_new_tokens": spec.max_new_tokens,
-                   "device": spec.device, "on_hang": spec.on_hang, "launcher": "local"}}
+                   "device": spec.device, "on_hang": spec.on_hang, "launcher": "local",
+                   **spec.serving}}
     if spec.options.get("name"):
         body["name"] = spec.options["name"]
     return wire.envelope(spec.run, "run.submitted", body, key=f"{spec.run}/submitted")

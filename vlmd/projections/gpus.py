@@ -1,5 +1,6 @@
-"""GPU samples as folds: each sample's rows (the ``samples`` view's Python twin) and the latest
-sample of every GPU (what ``GET /metrics`` shows)."""
+"""GPU samples as folds: each sample's rows (the ``samples`` view's Python twin), the serving
+engine's reads (``server_samples``'s twin) and the latest sample of every GPU (what
+``GET /metrics`` shows)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,22 @@ def sample_rows(event: Event) -> list[dict[str, Any]]:
                          "gpu_lost": int(bool(g.get("lost"))),
                          **{k: g.get(k) for k in _GPU_FIELDS}})
     return [{c: row[c] for c in SAMPLE_COLUMNS} for row in rows]
+
+
+SERVER_COLUMNS = ("seq", "part", "run", "host", "t", "engine", "kv_cache_usage", "running",
+                  "waiting", "error")
+
+
+def server_rows(event: Event) -> list[dict[str, Any]]:
+    """One row per read of the serving engine's /metrics in a ``watchdog.sample`` event (its
+    ``server`` list): the Python twin of the ``server_samples`` view."""
+    scrapes = event.body.get("server")
+    if not isinstance(scrapes, list):
+        return []
+    host = event.body.get("host")
+    return [{"seq": event.seq, "part": part, "run": event.run, "host": host,
+             **{c: s.get(c) for c in SERVER_COLUMNS[4:]}}
+            for part, s in enumerate(scrapes) if isinstance(s, dict)]
 
 
 @dataclass

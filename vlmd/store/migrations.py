@@ -37,6 +37,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     # runs and items follow the tracker's rules for schedulings, resumes and cancels; runs gains
     # accuracy, shards and outcome, items the outcome class
     ("0003_views", (*(f"DROP VIEW {name}" for name in views.REPLACED), *views.STATEMENTS)),
+    # items gains the serving columns (request_start, energy_j, the engine's KV cache and queue,
+    # itl_ms, the clocks); server_samples shows the engine's /metrics reads
+    ("0004_serving_views", views.STATEMENTS_0004),
 )
 
 

@@ -9,9 +9,12 @@ tracker's alert counts. ``tests/test_views.py`` checks each pair on the same log
 ``tests/test_golden.py`` the fold, these views through Datasette and the dashboard on the golden
 corpus.
 
-Migration ``0003_views`` drops the `REPLACED` views of 0002 and creates `STATEMENTS`. Never
-edit a statement once shipped: to change a view, freeze these (as `views_0002` is) and add a
-migration.
+Migration ``0003_views`` drops the `REPLACED` views of 0002 and creates `STATEMENTS`; migration
+``0004_serving_views`` replaces `items` with `ITEMS_0004` (the serving columns: when each
+request started, its energy, the engine's KV cache and queue, the ITL gaps, the clocks and
+sources) and adds `SERVER_SAMPLES` (the engine's /metrics reads, the twin of
+`vlmd.projections.gpus.server_rows`). Never edit a statement once shipped: to change a view,
+freeze these (as `views_0002` is) and add a migration.
 """
 
 from __future__ import annotations
@@ -242,5 +245,28 @@ REPLACED: tuple[str, ...] = ("model_summary", "runs", "items")
 STATEMENTS: tuple[str, ...] = (_ITEMS, _RUNS, _model_summary())
 """The CREATE VIEW statements of 0003, in dependency order."""
 
-VIEWS: tuple[str, ...] = ("runs", "items", "samples", "alerts", "model_summary")
+# The item fields 0004 adds to `items` (after ``shard``): answers.csv's serving columns first.
+SERVING_COLUMNS = ("request_start", "energy_j", "kv_cache_peak", "server_running",
+                   "server_waiting", "itl_ms", "timing_source", "vram_source", "energy_source")
+_ITEMS_TAIL = "    json_extract(body, '$.shard') AS shard,\n"
+ITEMS_0004 = _ITEMS.replace(_ITEMS_TAIL, _ITEMS_TAIL + "".join(
+    f"    json_extract(body, '$.{name}') AS {name},\n" for name in SERVING_COLUMNS))
+"""0003's `items` with the `SERVING_COLUMNS` (which runs and model_summary do not read)."""
+
+SERVER_SAMPLES = """CREATE VIEW server_samples AS
+SELECT e.seq, s.key AS part, e.run, json_extract(e.body, '$.host') AS host,
+    json_extract(s.value, '$.t') AS t,
+    json_extract(s.value, '$.engine') AS engine,
+    json_extract(s.value, '$.kv_cache_usage') AS kv_cache_usage,
+    json_extract(s.value, '$.running') AS running,
+    json_extract(s.value, '$.waiting') AS waiting,
+    json_extract(s.value, '$.error') AS error
+FROM events AS e, json_each(e.body, '$.server') AS s
+WHERE e.kind = 'watchdog.sample' AND json_type(e.body, '$.server') = 'array'
+ORDER BY e.seq, s.key"""
+
+STATEMENTS_0004: tuple[str, ...] = ("DROP VIEW items", ITEMS_0004, SERVER_SAMPLES)
+
+VIEWS: tuple[str, ...] = ("runs", "items", "samples", "alerts", "model_summary",
+                          "server_samples")
 """Every view's name."""

@@ -4,7 +4,8 @@ It runs as the watchdog's child process (``python -m vlmd_agent.evaluate.wrapper
 talks to the watchdog through a status pipe (``$VLMD_STATUS_FD``): one JSON line per milestone
 (``loading``, ``ready``, ``item``, ``done``), so the watchdog knows when the last item finished.
 SIGUSR1 makes it dump every thread's Python stack to ``$VLMD_STACKS`` (faulthandler), which the
-watchdog attaches to a hang alert. SIGTERM stops it after the current item.
+watchdog attaches to a hang alert. SIGTERM stops it after the current item (after the items in
+flight, with ``concurrency`` above 1: `vlmd_agent.evaluate.inflight`).
 
 Under a watchdog, the wrapper's events travel in those lines too: an ``item`` line carries the
 item's outcome (`run_item`: its answer and metrics), and the watchdog scores it, builds the event
@@ -30,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -38,6 +39,8 @@ import httpx
 from vlmd_agent import wire
 from vlmd_agent.evaluate import datasets
 from vlmd_agent.evaluate.backends import BackendError, Request, load_backend
+from vlmd_agent.evaluate.backends.base import RequestOptions
+from vlmd_agent.evaluate.inflight import run_each
 from vlmd_agent.outbox.spool import Outbox
 from vlmd_agent.pipe import (
     EXIT_BACKEND,
@@ -119,9 +122,11 @@ def run_item(cfg: WrapperConfig, item: datasets.Item, backend: Any) -> dict[str,
                 "kind": "item.failed", "ts": time.time(), "body": body, "metrics": {},
                 "scorer": item.scorer, "choices": item.choices}
     body["answer"] = generation.text
+    metrics = generation.metrics()
+    if cfg.concurrency > 1 and metrics["vram_source"]:  # other requests ran beside this one
+        metrics["vram_source"] += "-shared"
     return {"key": f"{cfg.run}/item/{item.id}/ok", "kind": "item.completed", "ts": time.time(),
-            "body": body, "metrics": generation.metrics(), "scorer": item.scorer,
-            "choices": item.choices}
+            "body": body, "metrics": metrics, "scorer": item.scorer, "choices": item.choices}
 
 
 def item_event(cfg: WrapperConfig, item: datasets.Item, backend: Any) -> dict[str, Any]:
@@ -155,7 +160,8 @@ def run(cfg: WrapperConfig, token: str, status: Status) -> int:
             return _fail(box, cfg, shard_body, f"bad dataset: {e}", EXIT_BAD_INPUT, status)
         done = completed_items(cfg.url, token, cfg.run)
         try:
-            backend = load_backend(cfg.model, max_new_tokens=cfg.max_new_tokens, device=cfg.device)
+            backend = load_backend(cfg.model, max_new_tokens=cfg.max_new_tokens, device=cfg.device,
+                                   options=options(cfg))
         except Exception as e:  # any load failure ends the run with the reason, not a traceback
             return _fail(box, cfg, shard_body, f"cannot load {cfg.model}: {e}", EXIT_BACKEND,
                          status)
@@ -165,8 +171,9 @@ def run(cfg: WrapperConfig, token: str, status: Status) -> int:
         todo = [item for item in items if item.id not in done]
         status.send("ready", total=len(items), todo=len(todo))
         try:
-            for item in _until_stopped(todo, stop):
-                box.item(run_item(cfg, item, backend))
+            run_each(todo, lambda item: run_item(cfg, item, backend), box.item,
+                     stopped=lambda: stop["requested"], concurrency=cfg.concurrency,
+                     rate=cfg.rate)
         finally:
             backend.close()
         if stop["requested"]:
@@ -178,12 +185,10 @@ def run(cfg: WrapperConfig, token: str, status: Status) -> int:
     return EXIT_OK
 
 
-def _until_stopped(items: Iterable[datasets.Item], stop: dict[str, bool]
-                   ) -> Iterable[datasets.Item]:
-    for item in items:
-        if stop["requested"]:
-            return
-        yield item
+def options(cfg: WrapperConfig) -> RequestOptions:
+    """The request options of `cfg` (serving models only)."""
+    return RequestOptions(temperature=cfg.temperature, system_prompt=cfg.system_prompt,
+                          extra_body=cfg.extra_body, api_key_env=cfg.api_key_env)
 
 
 def _fail(box: Spool, cfg: WrapperConfig, shard_body: dict[str, Any], reason: str, code: int,

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 DEVICE_KEYS = (
     "index", "uuid", "name", "mem_used_mb", "mem_total_mb", "mem_reserved_mb", "util_gpu",
-    "util_mem", "power_w", "temp_c", "proc_mem_mb", "proc_mem_source", "na",
+    "util_mem", "power_w", "temp_c", "proc_mem_mb", "proc_mem_source", "na", "energy_j",
 )
 """The keys of every device dict that is not lost, in wire order."""
 
@@ -34,7 +34,8 @@ _SMI_FIELDS = (
 )
 
 GpuDict = dict[str, Any]
-_METRICS = DEVICE_KEYS[3:10]  # the values read from NVML, in the order `_device` reads them
+# the values read from NVML, in the order `_device` reads them
+_METRICS = (*DEVICE_KEYS[3:10], "energy_j")
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,12 @@ class NvmlSource:
         mw = nvml_call(self.nv.nvmlDeviceGetPowerUsage, dev.handle)
         return mw if isinstance(mw, NotAvailable) else mw / 1000.0
 
+    def energy(self, dev: _Device) -> Any:
+        """Joules used since the driver loaded (NVML counts millijoules; Volta and later):
+        ``nvmlDeviceGetTotalEnergyConsumption``, which nvidia-smi's --query-gpu lacks."""
+        mj = nvml_call(self.nv.nvmlDeviceGetTotalEnergyConsumption, dev.handle)
+        return mj if isinstance(mj, NotAvailable) else mj / 1000.0
+
     def temperature(self, dev: _Device) -> Any:
         """Core temperature in degrees C: ``--query-gpu=temperature.gpu``."""
         return nvml_call(self.nv.nvmlDeviceGetTemperature, dev.handle, self.nv.NVML_TEMPERATURE_GPU)
@@ -202,7 +209,7 @@ class NvmlSource:
             return {"index": i, "lost": True, "error": dev.error}, dev
         # Runs 20 times a second per device: one tuple, one list and one dict, no per-key loop.
         values: tuple[Any, ...] = (*self.memory(dev), *self.utilization(dev), self.power(dev),
-                                   self.temperature(dev))
+                                   self.temperature(dev), self.energy(dev))
         procs = self.processes(dev) if want_procs else {}
         na = [k for k, v in zip(_METRICS, values, strict=True) if isinstance(v, NotAvailable)]
         if na or isinstance(procs, NotAvailable):
@@ -210,12 +217,13 @@ class NvmlSource:
                 if isinstance(v, NotAvailable) and v.lost:
                     return {"index": i, "lost": True, "error": v.error}, v
             values = tuple(None if isinstance(v, NotAvailable) else v for v in values)
-        used, total, reserved, util_gpu, util_mem, power, temp = values
+        used, total, reserved, util_gpu, util_mem, power, temp, energy = values
         return {"index": dev.index, "uuid": dev.uuid, "name": dev.name,
                 "mem_used_mb": _mb(used), "mem_total_mb": _mb(total),
                 "mem_reserved_mb": _mb(reserved), "util_gpu": _float(util_gpu),
                 "util_mem": _float(util_mem), "power_w": _float(power), "temp_c": _float(temp),
-                "proc_mem_mb": None, "proc_mem_source": None, "na": na}, procs
+                "proc_mem_mb": None, "proc_mem_source": None, "na": na,
+                "energy_j": _float(energy)}, procs
 
     def close(self) -> None:
         """Shut NVML down once."""
@@ -267,6 +275,8 @@ def parse_smi_line(line: str, fields: tuple[str, ...] = _SMI_FIELDS) -> GpuDict 
         d |= {"proc_mem_mb": None, "proc_mem_source": None, "na": [*na, "proc_mem_mb"]}
     else:
         d |= {"proc_mem_mb": d["mem_used_mb"], "proc_mem_source": "device", "na": na}
+    d["na"].append("energy_j")  # nvidia-smi has no energy counter
+    d["energy_j"] = None
     return d
 
 

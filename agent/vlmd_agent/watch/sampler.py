@@ -66,6 +66,18 @@ class Sampler:
         with self._lock:
             return [s for s in self._ring if s["t"] >= since]
 
+    def window(self, start: float, end: float) -> tuple[list[Sample], float | None]:
+        """The kept samples that bracket [start, end] (the last one before it, those in it,
+        the first one after it), oldest first, and the time of the latest sample."""
+        with self._lock:
+            if not self._ring:
+                return [], None
+            ring = list(self._ring)  # ~600 references: a copy is cheaper than holding the lock
+        latest = ring[-1]["t"]
+        first = next((i for i in range(len(ring) - 1, -1, -1) if ring[i]["t"] < start), 0)
+        last = next((i for i in range(first, len(ring)) if ring[i]["t"] > end), len(ring) - 1)
+        return ring[first:last + 1], latest
+
     def summary(self) -> dict[str, Any]:
         """The latest sample in brief, for heartbeats: time, rss, and GPU memory per device."""
         with self._lock:

@@ -40,8 +40,10 @@ from vlmd_agent.watch.detect import (
     vram_fraction,
     watch_hangs,
 )
+from vlmd_agent.watch.itemcost import CostQueue, Costs, model_gpus, model_place
 from vlmd_agent.watch.memory import CgroupPaths
 from vlmd_agent.watch.sampler import Sample, Sampler, run_sampler
+from vlmd_agent.watch.server import ServerMetrics
 
 log = logging.getLogger("vlmd_agent.watch.watchdog")
 
@@ -69,6 +71,9 @@ class WatchdogConfig:
     ram_high: float = 0.95
     stop_timeout_s: float = 20.0
     cgroup: CgroupPaths | None = None  # None: this process's own memory cgroup
+    server_metrics: str | None = None  # the serving engine's /metrics URL
+    server_metrics_s: float = 0.25
+    server_metrics_guessed: bool = False  # found beside the model's URL: may not exist
 
 
 class Watchdog:
@@ -100,17 +105,28 @@ class Watchdog:
         self.spool_error: str | None = None  # why the wrapper's events cannot be spooled
         self._stop_asked, self._kill_now = trio.Event(), trio.Event()
         self.ended = False  # no wrapper will run any more
+        self.server = None if cfg.server_metrics is None else ServerMetrics(
+            cfg.server_metrics, cfg.server_metrics_s, required=not cfg.server_metrics_guessed)
+        self.place = model_place(cfg.wrapper.model)
+        self.costs = CostQueue(Costs(sampler, self.server, self.place), self._spool)
 
     async def run(self) -> int:
         """Sample, heartbeat and watch for hangs while supervising wrappers; the exit status."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: run_sampler(self.sampler, lambda: self.sampled_pid,
-                                                   self.on_batch, batch_s=SAMPLE_BATCH_S))
-            nursery.start_soon(self._heartbeats)
-            nursery.start_soon(watch_hangs, self.hang, self.on_hang)
-            code = await self._supervise()
-            self.ended = True
-            nursery.cancel_scope.cancel()
+        if self.server is not None:
+            self.server.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: run_sampler(self.sampler, lambda: self.sampled_pid,
+                                                       self.on_batch, batch_s=SAMPLE_BATCH_S))
+                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(watch_hangs, self.hang, self.on_hang)
+                nursery.start_soon(self._release_costs)
+                code = await self._supervise()
+                self.ended = True
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.server is not None:
+                self.server.close()
         return code
 
     def wrapper_pid(self) -> int | None:
@@ -198,6 +214,7 @@ class Watchdog:
             else:
                 log.info("%s", outcome.message)
             reader.deadline = trio.current_time() + STATUS_DRAIN_S
+        self.costs.release(everything=True)
         self.proc = None
         return outcome
 
@@ -212,8 +229,7 @@ class Watchdog:
             log.warning("ignoring a bad status line from the wrapper (%s): %r", e, line[:200])
             return
         state = status["state"]
-        if (trouble := spool_report(self.items, self.cfg.wrapper.run, status)) is not None:
-            self._cannot_spool(trouble)
+        self.costs.push(status)
         if state == "event":
             return
         if state == "item":
@@ -227,6 +243,18 @@ class Watchdog:
         elif state == "failed":
             log.error("wrapper failed: %s", status.get("reason"))
         self.hang.reset(trio.current_time(), self.state)
+
+    def _spool(self, status: Mapping[str, Any]) -> None:
+        if (trouble := spool_report(self.items, self.cfg.wrapper.run, status)) is not None:
+            self._cannot_spool(trouble)
+
+    async def _release_costs(self) -> None:
+        """Spool the item events whose costs were waiting for the samples after them (while
+        there is anything to measure: no wakeups otherwise)."""
+        while self.costs.costs.active or len(self.costs):
+            await trio.sleep(STATUS_POLL_S)
+            if len(self.costs):
+                self.costs.release()
 
     def _cannot_spool(self, trouble: str) -> None:
         """The wrapper's events can no longer be spooled: stop it rather than let it evaluate
@@ -270,8 +298,14 @@ class Watchdog:
                 proc.send_signal(signal.SIGKILL)
 
     def on_batch(self, samples: list[Sample]) -> None:
-        """A second's samples: one ``watchdog.sample`` event, then the high-water checks."""
-        self.put("watchdog.sample", {"host": self.host, "samples": samples, **self.shard})
+        """A second's samples (and the engine's scrapes): one ``watchdog.sample`` event, then the
+        high-water checks."""
+        body: dict[str, Any] = {"host": self.host, "samples": samples, **self.shard}
+        if self.server is not None and (scrapes := self.server.take_new()):
+            body["server"] = scrapes
+        if samples[-1]["gpus"] and (gpus := model_gpus(samples[-1], self.place)) is not None:
+            body["model_gpus"] = gpus
+        self.put("watchdog.sample", body)
         for s in samples:
             vram, ram = vram_fraction(s), ram_fraction(s)
             if self.vram.update(vram[0] if vram else None) and vram:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import Backend, BackendError, Generation, Request
+from .base import Backend, BackendError, Generation, Request, RequestOptions
 
-__all__ = ["Backend", "BackendError", "Generation", "Request", "default_models_dir", "load_backend"]
+__all__ = ["Backend", "BackendError", "Generation", "Request", "RequestOptions",
+           "default_models_dir", "load_backend"]
 
 SPEC_FORMS = "openai:NAME@BASE_URL, hf:PATH, demo:NAME"
 
@@ -34,15 +35,18 @@ def load_backend(
     device: str = "auto",
     timeout_s: float = 300.0,
     models_dir: Path | None = None,
+    options: RequestOptions | None = None,
 ) -> Backend:
     """Parse ``spec`` and return a ready backend (the model is loaded, demo models built).
 
     ``max_new_tokens`` caps each request's own budget; ``device`` (``auto``, ``cpu``,
     ``cuda``, ``cuda:N``) applies to in-process models; ``timeout_s`` bounds one request;
-    ``models_dir`` is where ``demo:`` models are built (default `default_models_dir`).
+    ``models_dir`` is where ``demo:`` models are built (default `default_models_dir`);
+    ``options`` (temperature, system prompt, extra body, API key variable) are for ``openai:``.
 
     Errors:
-        ValueError: the spec is malformed; the message names the problem and the accepted forms.
+        ValueError: the spec is malformed, or options are given for a model that is not served;
+            the message names the problem (and the accepted forms).
         FileNotFoundError: an ``hf:`` folder does not exist.
     """
     scheme, sep, rest = spec.partition(":")
@@ -52,9 +56,11 @@ def load_backend(
         from .openai import OpenAIBackend
 
         name, base_url = _split_openai(spec, rest)
-        return OpenAIBackend(
-            name, base_url, spec=spec, max_new_tokens=max_new_tokens, timeout_s=timeout_s
-        )
+        return OpenAIBackend(name, base_url, spec=spec, max_new_tokens=max_new_tokens,
+                             timeout_s=timeout_s, options=options)
+    if options is not None and not options.is_default():
+        raise ValueError(f"{spec}: temperature, system prompt, extra body and API key variable "
+                         "apply to openai: models only")
     if scheme == "hf":
         from .hf import HFBackend
 
