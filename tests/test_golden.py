@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.conftest import DaemonProcess, start_daemon
 from tests.golden.corpus import SCENARIOS, corpus
 from vlmd.daemon.datasette import free_port
 from vlmd.projections import answers, summary, tracker
@@ -47,6 +49,9 @@ EXPECTED: dict[str, tuple[str, str | None, int, int, int | None, dict[str, str],
                     "cancelled by the user"),
     "g-cancel-resume": ("finished", "finished", 3, 0, 3, {"0/1": "finished"},
                         "cancelled by the user"),
+    "g-cancel-queued": ("running", None, 1, 0, 3, {"0/1": "scheduled"},
+                        "cancelled by the user"),
+    "g-lost-early": ("stalled", None, 0, 0, 2, {}, None),
     "g-lost-back": ("running", None, 2, 0, 10, {"0/1": "running"}, None),
     "g-lost": ("stalled", None, 2, 0, 6, {"0/1": "running"}, None),
     "g-restarted": ("running", None, 2, 0, 2, {"0/1": "running"}, None),
@@ -55,6 +60,13 @@ EXPECTED: dict[str, tuple[str, str | None, int, int, int | None, dict[str, str],
 
 Reading = dict[str, dict[str, Any]]
 """Per run: its row ("run"), its item rows by item ("items"), its summary ("summary")."""
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# What the dashboard shows of a run's row, each read from the page (data attributes carry the
+# exact values; the text is what a person reads).
+SHOWN = ("status", "done", "failed", "total", "accuracy", "alerts", "reason", "shards")
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +171,104 @@ def test_the_sql_views_agree_with_the_fold(golden_log: Path, datasette_url: str)
         for metric in summary.METRICS:
             for q, _ in summary.QUANTILES:
                 assert ms[f"{metric}_{q}"] == mine["summary"][metric][q], (run, metric, q)
+
+
+@pytest.fixture(scope="module")
+def golden_daemon(golden_log: Path) -> Iterator[DaemonProcess]:
+    """`vlmd serve` over the golden log; heartbeats are due hourly, so it adds no alert of its
+    own while the test looks."""
+    d = start_daemon(golden_log, toml="[watchdog]\nheartbeat_s = 3600\n")
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+READ_ROW = """(el) => ({
+  status: el.dataset.status, done: Number(el.dataset.done), failed: Number(el.dataset.failed),
+  total: el.dataset.total === "" ? null : Number(el.dataset.total),
+  accuracy: el.dataset.accuracy === "" ? null : Number(el.dataset.accuracy),
+  alerts: Number(el.dataset.alerts), reason: el.dataset.reason || null,
+  shards: JSON.parse(el.dataset.shards),
+  text: {status: el.querySelector(".status").textContent,
+         done: el.querySelector(".done").textContent,
+         failed: el.querySelector(".failed").textContent,
+         accuracy: el.querySelector(".accuracy").textContent,
+         last_alert: el.querySelector(".alerts").title || null}})"""
+READ_ITEMS = """() => [...document.querySelectorAll("#answers-table tbody tr[data-item]")].map(
+  (tr) => ({item: tr.dataset.item, outcome: tr.dataset.outcome, seq: Number(tr.dataset.seq),
+            cells: Object.fromEntries([...tr.children].slice(0, -1).map((td, i) => [
+              document.querySelectorAll("#answers-table th[data-key]")[i].dataset.key,
+              td.textContent]))}))"""
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def read_browser(page: Page, url: str, runs: list[str]) -> Reading:
+    """What the runs page and each run's page show."""
+    page.goto(f"{url}/")
+    page.wait_for_function(f"document.querySelectorAll('#runs tr[data-run]').length === "
+                           f"{len(runs)}")
+    out: Reading = {}
+    for run in runs:
+        out[run] = {"run": page.eval_on_selector(f'#runs tr[data-run="{run}"]', READ_ROW)}
+    for run in runs:
+        page.goto(f"{url}/run.html?run={run}")
+        # drawn: the run's state came, and the page painted all of it (the table and the
+        # histograms are redrawn at most every 250 ms)
+        page.wait_for_function(f"""(() => {{ const m = window.vlmd && window.vlmd.model;
+            return m && m.row && m.row.run === "{run}" && m.summary
+                && !m.dirty.head && !m.dirty.answers; }})()""")
+        head = page.eval_on_selector("#run-head", READ_ROW)
+        out[run]["head"] = head
+        out[run]["items"] = {r["item"]: r for r in page.evaluate(READ_ITEMS)}
+        out[run]["p50"] = page.eval_on_selector("#hist-ttft", "(el) => el.dataset.p50")
+    return out
+
+
+def test_the_dashboard_shows_what_the_fold_decides(golden_log: Path, golden_daemon: DaemonProcess,
+                                                   browser: Browser) -> None:
+    before = EventLog.open(golden_log).count()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        shown = read_browser(page, golden_daemon.url, list(SCENARIOS))
+    finally:
+        context.close()
+    assert not errors, errors
+    fold = read_fold(golden_log)
+    assert EventLog.open(golden_log).count() == before  # the daemon added nothing meanwhile
+    for run, mine in fold.items():
+        row = mine["run"]
+        for where in ("run", "head"):  # the runs table's row, the run page's head
+            got = shown[run][where]
+            assert {f: got[f] for f in SHOWN} == {f: row[f] for f in SHOWN}, (run, where)
+            assert got["text"] == {
+                "status": row["status"], "done": str(row["done"]),
+                "failed": str(row["failed"]), "accuracy": pct(row["accuracy"]),
+                "last_alert": row["last_alert"]}, (run, where)
+        items = shown[run]["items"]
+        assert set(items) == set(mine["items"]), run
+        for item, want in mine["items"].items():
+            got = items[item]
+            assert (got["outcome"], got["seq"]) == (want["outcome"], want["seq"]), (run, item)
+            assert got["cells"]["answer"] == (want["answer"] or ""), (run, item)
+            assert got["cells"]["error"] == (want["error"] or ""), (run, item)
+            assert got["cells"]["score"] == (
+                "—" if want["score"] is None else f"{want['score']:.2f}"), (run, item)
+        p50 = mine["summary"]["ttft_ms"]["p50"]
+        assert shown[run]["p50"] == ("" if p50 is None else repr(float(p50)).removesuffix(
+            ".0")), run

@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import trio
 
 from tests.conftest import TOKEN
 from tests.events import completed, ev, failed, finished, started, submitted
 from tests.test_views import sample_batch
-from vlmd.cli.wsclient import open_ws
+from vlmd.cli.wsclient import Closed, open_ws
 from vlmd.daemon.serve import Daemon
 from vlmd.projections import answers, tracker
-from vlmd.store.log import Event
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
@@ -59,82 +57,135 @@ async def post_all(d: Daemon, events: list[dict[str, Any]], size: int = 25) -> N
             assert (await c.post("/api/events", json=events[i:i + size])).status_code == 200
 
 
-async def collect(url: str, count: int, into: list[dict[str, Any]],
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def replayed(url: str) -> tuple[list[dict[str, Any]], int, str]:
+    """Every message of a replay, the close code and its reason."""
+    got: list[dict[str, Any]] = []
     async with open_ws(url) as ws:
-        task_status.started()
-        while len(into) < count:
-            into.extend(json.loads(await ws.get_message()))
+        try:
+            with trio.fail_after(30):
+                while True:
+                    got.append(json.loads(await ws.get_message()))
+        except Closed as closed:
+            return got, closed.code, closed.reason
 
 
-def as_event(e: dict[str, Any]) -> Event:
-    return Event(e["seq"], e["key"], e["run"], e["kind"], e["ts"], e["received"], e["body"],
-                 orjson.dumps(e["body"]).decode())
+def replay_url(d: Daemon, **query: Any) -> str:
+    params = "&".join(f"{k}={v}" for k, v in query.items())
+    return d.url.replace("http", "ws", 1) + f"/api/replay?{params}"
 
 
-async def test_replay_reproduces_the_run_without_touching_the_log(
-        daemon: Daemon, tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_replay_plays_the_run_through_the_fold_without_touching_the_log(
+        daemon: Daemon) -> None:
     await post_all(daemon, run_events("rp") + run_events("other", 5))
     count = daemon.live.log.count()
     async with httpx.AsyncClient(base_url=daemon.url) as c:
         original = (await c.get("/api/runs/rp")).json()
-        original_csv = (await c.get("/api/runs/rp/answers.csv")).text
-    n = sum(1 for _ in daemon.live.log.read(run="rp"))
-    got: list[dict[str, Any]] = []
-    ws_url = daemon.url.replace("http", "ws") + "/api/replay?run=rp-name"
-    await nursery.start(collect, ws_url, n, got)
-    done = await vlmd("replay", "rp-name", "--speed", "1000", "--config",
-                      str(config_file(tmp_path, daemon)))
-    assert done.returncode == 0, done.stderr.decode()
-    assert f"replayed {n} events of rp" in done.stdout.decode()
-    with trio.fail_after(10):
-        while len(got) < n:
-            await trio.sleep(0.01)
-    assert [e["seq"] for e in got] == [e.seq for e in daemon.live.log.read(run="rp")]
-    replayed = tracker.fold(as_event(e) for e in got).runs["rp"].to_dict()
-    assert replayed == {k: v for k, v in original.items() if k in replayed}
-    rows = answers.fold(as_event(e) for e in got).values()
-    assert "".join(answers.csv_chunks(rows)) == original_csv
-    assert daemon.live.log.count() == count
-    assert daemon.live.head == count
+    messages, code, _ = await replayed(replay_url(daemon, run="rp-name", speed=1000))
+    assert code == 1000
+    events = list(daemon.live.log.read(run="rp"))
+    first, last = messages[0], messages[-1]
+    assert (first["seq"], first["folded"], first["runs"], first["items"]) == (0, 0, [], [])
+    assert first["span"] == {"events": len(events), "first_seq": events[0].seq,
+                             "last_seq": events[-1].seq, "first_ts": events[0].ts,
+                             "last_ts": max(e.ts for e in events)}
+    assert [m["seq"] for m in messages] == sorted({m["seq"] for m in messages})
+    assert last["end"] is True and last["folded"] == len(events)
+    assert last["runs"] == [{k: v for k, v in original.items() if k not in ("summary", "head")}]
+    assert last["summary"] == original["summary"]
+    rows: dict[str, Any] = {}
+    for m in messages:
+        rows.update((r["item"], r) for r in m["items"])
+    kept = answers.latest(events)
+    assert rows == {item: answers.served(e) for item, e in kept.items()}
+    played = [e for m in messages for e in m.get("events", [])]
+    assert [e["seq"] for e in played] == [e.seq for e in events
+                                          if e.kind in ("watchdog.sample", "alert.vram_high")]
+    assert daemon.live.log.count() == count and daemon.live.head == count
 
 
-async def test_replay_keeps_the_spacing_scaled_by_speed_and_reads_any_log_file(
-        daemon: Daemon, tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_replay_keeps_the_spacing_scaled_by_speed_here_or_from_any_log_file(
+        daemon: Daemon, tmp_path: Path) -> None:
     events = [ev("sp", "watchdog.heartbeat", {"host": "h", "pid": 1, "wrapper_pid": None,
                                               "wrapper_state": "idle"}, ts=1.79e9 + i * 0.2)
               for i in range(11)]  # 2 s of heartbeats
     await post_all(daemon, events)
+    began = time.monotonic()
+    messages, code, _ = await replayed(replay_url(daemon, run="sp", speed=4))
+    took = time.monotonic() - began
+    assert code == 1000 and 0.5 <= took < 0.5 + 1.0
+    assert [m["ts"] for m in messages[1:]] == [e["ts"] for e in events]
+    assert messages[-1]["runs"][0]["last_heartbeat"] == events[-1]["ts"]
+
     copy = tmp_path / "copy.db"
     src = sqlite3.connect(daemon.live.log.path)
     with sqlite3.connect(copy) as dst:
         src.backup(dst)
     src.close()
-    got: list[dict[str, Any]] = []
-    await nursery.start(collect, daemon.url.replace("http", "ws") + "/api/replay?run=sp",
-                        11, got)
     began = time.monotonic()
     done = await vlmd("replay", "sp", "--speed", "4", "--db", str(copy), "--config",
                       str(config_file(tmp_path, daemon)))
     took = time.monotonic() - began
     assert done.returncode == 0, done.stderr.decode()
     assert 0.5 <= took < 0.5 + 5.0  # 2 s of events at 4x, plus start-up
+    assert "replayed 11 events of sp in " in done.stdout.decode()
     played = float(done.stdout.decode().split(" in ")[1].split(" s")[0])
     assert 0.49 <= played < 0.8
-    with trio.fail_after(5):
-        while len(got) < 11:
-            await trio.sleep(0.01)
-    assert [e["ts"] for e in got] == [e["ts"] for e in events]
+    assert "sp [" in done.stderr.decode()
 
 
-async def test_replay_posts_need_the_token_and_well_formed_events(daemon: Daemon) -> None:
+async def test_vlmd_replay_shows_the_run_as_a_status_line_and_names_the_page(
+        daemon: Daemon, tmp_path: Path) -> None:
+    await post_all(daemon, run_events("cl", 20))
+    done = await vlmd("replay", "cl-name", "--speed", "100000", "--config",
+                      str(config_file(tmp_path, daemon)))
+    assert done.returncode == 0, done.stderr.decode()
+    err = done.stderr.decode()
+    assert f"watch it at {daemon.url}/replay.html?run=cl" in err
+    lines = [line for line in err.splitlines() if line.startswith("cl [")]
+    assert lines[-1].startswith(f"cl [{'#' * 24}] 20/20  1 failed") and lines[-1].endswith(
+        "finished with failures")
+    assert f"replayed {len(list(daemon.live.log.read(run='cl')))} events of cl" in \
+        done.stdout.decode()
+
+
+async def test_the_state_at_a_position_is_the_fold_of_the_run_up_to_it(daemon: Daemon) -> None:
+    await post_all(daemon, run_events("pos", 30))
+    events = list(daemon.live.log.read(run="pos"))
+    mid = events[len(events) // 2]
     async with httpx.AsyncClient(base_url=daemon.url) as c:
-        anonymous = await c.post("/api/replay", json=[])
-        bad = await c.post("/api/replay", json=[{"seq": "x"}], headers=AUTH)
-        ok = await c.post("/api/replay", json=[], headers=AUTH)
-    assert anonymous.status_code == 401
-    assert bad.status_code == 422 and "seq" in bad.json()["error"]
-    assert ok.json() == {"published": 0, "clients": 0}
+        by_seq = (await c.get("/api/runs/pos-name/state", params={"at": mid.seq})).json()
+        by_ts = (await c.get("/api/runs/pos/state", params={"ts": mid.ts})).json()
+        whole = (await c.get("/api/runs/pos/state")).json()
+        bad = await c.get("/api/runs/pos/state", params={"at": "soon"})
+        missing = await c.get("/api/runs/nope/state")
+    upto = [e for e in events if e.seq <= mid.seq]
+    state = tracker.fold(upto).runs["pos"]
+    assert by_seq["runs"] == [state.to_dict()] and by_seq["seq"] == mid.seq
+    assert by_seq["items"] == [answers.served(e) for e in answers.latest(upto).values()]
+    assert by_seq["folded"] == len(upto) and by_seq["span"]["events"] == len(events)
+    assert by_ts == by_seq  # the run's ts rise with its seqs here
+    assert whole["runs"][0]["status"] == "finished" and whole["seq"] == events[-1].seq
+    assert bad.status_code == 400 and "at must be an integer" in bad.json()["error"]
+    assert missing.status_code == 404
+
+    # a replay from that position starts with that very state
+    messages, _, _ = await replayed(replay_url(daemon, run="pos", speed=100000, after=mid.seq))
+    assert {k: messages[0][k] for k in ("seq", "runs", "items", "summary")} == {
+        k: by_seq[k] for k in ("seq", "runs", "items", "summary")}
+    assert messages[-1]["runs"] == whole["runs"]
+
+
+async def test_a_replay_needs_a_run_and_a_sane_speed(daemon: Daemon) -> None:
+    await post_all(daemon, run_events("sane", 2))
+    for query, says in (({"speed": 2}, "give the run to replay"),
+                        ({"run": "nope"}, "names no run"),
+                        ({"run": "sane", "speed": 0}, "speed must be a number above 0"),
+                        ({"run": "sane", "speed": "fast"}, "speed must be")):
+        messages, code, reason = await replayed(replay_url(daemon, **query))
+        assert (messages, code) == ([], 1008) and says in reason, (query, reason)
+    async with httpx.AsyncClient(base_url=daemon.url, headers=AUTH) as c:
+        gone = await c.post("/api/replay", json=[])
+    assert gone.status_code in (404, 405)  # the old POST /api/replay is no more
 
 
 async def test_state_at_a_seq_or_time_matches_what_the_daemon_showed_then(

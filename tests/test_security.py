@@ -25,7 +25,7 @@ from vlmd.web import api
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 READS = ["/api/runs", "/api/runs/r1", "/api/runs/r1/items", "/api/runs/r1/answers.csv",
-         "/api/events", "/metrics"]
+         "/api/runs/r1/state", "/api/events", "/metrics"]
 
 
 @pytest.fixture
@@ -75,7 +75,6 @@ async def test_reads_are_open_by_default_and_writes_are_not(daemon: Daemon) -> N
         assert (await c.post("/api/events", json=[submitted("r1")])).status_code == 401
         assert (await c.post("/api/runs", json={})).status_code == 401
         assert (await c.post("/api/runs/r1/cancel")).status_code == 401
-        assert (await c.post("/api/replay", json=[])).status_code == 401
     assert daemon.live.log.count() == 0
 
 
@@ -116,11 +115,14 @@ async def test_read_token_guards_the_feed_which_accepts_a_token_query(locked: Da
     async with open_ws(_ws(locked, f"?after=0&token={TOKEN}")) as ws:
         backlog = await ws.get_message()
     assert '"seq":3' in backlog
-    replay = locked.url.replace("http://", "ws://") + "/api/replay"
-    async with open_ws(replay) as ws:
-        with pytest.raises(Closed) as closed:
-            await ws.get_message()
-    assert closed.value.code == 1008
+    for path in ("/api/replay?run=r1", "/api/state"):
+        async with open_ws(locked.url.replace("http://", "ws://") + path) as ws:
+            with pytest.raises(Closed) as closed:
+                await ws.get_message()
+        assert closed.value.code == 1008 and "token" in closed.value.reason, path
+    async with open_ws(locked.url.replace("http://", "ws://") + f"/api/state?token={TOKEN}"
+                       ) as ws:
+        assert '"run":"r1"' in await ws.get_message()
 
 
 async def test_an_oversized_websocket_frame_closes_that_client_and_vlmd_serves_on(

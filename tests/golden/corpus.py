@@ -177,6 +177,19 @@ def cancelled_then_resumed(r: Run) -> None:
     r.end("finished")
 
 
+def cancelled_then_resumed_while_queued(r: Run) -> None:
+    """A cancel, then `vlmd resume`, the job still in the queue: the run is live again."""
+    r.submitted(total=3, name="requeued").scheduled([0], 1, "902").started(3).done(1)
+    r.end("cancelled", reason="cancelled by the user").task("902_0", "0/1", "CANCELLED")
+    r.scheduled([0], 1, "903", resume=True).task("903_0", "0/1", "PENDING", reason="Priority")
+
+
+def lost_before_starting(r: Run) -> None:
+    """An agent lost while it loads the model, before its shard started: stalled."""
+    r.submitted(total=2).phase("loading", size_mb=14000.0).heartbeat("loading")
+    r.alert("agent_lost", "no heartbeat from gpu-node-1 for 30 s")
+
+
 def agent_lost_then_back(r: Run) -> None:
     """No heartbeat for a while (vlmd's alert.agent_lost), then the agent comes back."""
     r.started(10).heartbeat().done(1).heartbeat()
@@ -209,6 +222,8 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
     "g-run-wide": run_wide_failure,
     "g-cancelled": cancelled,
     "g-cancel-resume": cancelled_then_resumed,
+    "g-cancel-queued": cancelled_then_resumed_while_queued,
+    "g-lost-early": lost_before_starting,
     "g-lost-back": agent_lost_then_back,
     "g-lost": agent_lost,
     "g-restarted": restarted_after_finishing,

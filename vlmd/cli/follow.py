@@ -1,8 +1,10 @@
-"""Following runs from a terminal: a progress bar fed by the WebSocket feed, and tables.
+"""Following runs from a terminal: a progress bar fed by the daemon's state stream, and tables.
 
-`follow` folds the run's events (the same tracker fold as the daemon) as the feed pushes them
-and redraws one status line, at most `REDRAW_S` apart; on a pipe it prints a line every
-`PLAIN_EVERY_S` instead. It reconnects with ``after=`` when the feed drops it.
+`follow` shows a run's row as the daemon's fold serves it (``WS /api/state``: the run's status,
+counts, rate, ETA and accuracy are decided there, not here) and redraws one status line, at
+most `REDRAW_S` apart; on a pipe it prints a line every `PLAIN_EVERY_S` instead. It reconnects
+with ``after=`` when the stream drops it. `vlmd replay` draws its messages with the same
+`StatusLine`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from typing import Any, TextIO
 import trio
 
 from vlmd.cli.wsclient import Closed, open_ws
-from vlmd.projections import tracker
-from vlmd.projections.tracker import TERMINAL, RunState
-from vlmd.store.log import Event
+from vlmd.projections.tracker import TERMINAL
 
 REDRAW_S = 0.2
 PLAIN_EVERY_S = 5.0
 BAR = 24
+Row = dict[str, Any]
 
 
 def _duration(seconds: float | None) -> str:
@@ -32,53 +33,64 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def status_line(state: RunState) -> str:
-    """One line: bar, done/total, failures, rate, ETA and accuracy so far."""
-    total = state.total or 0
-    done = state.done + state.failed
-    filled = int(BAR * done / total) if total else 0
-    acc = [r.score for r in state.items.values() if r.ok and r.score is not None]
-    rate = state.rate
-    parts = [f"{state.run} [{'#' * filled}{'.' * (BAR - filled)}] {done}/{total or '?'}",
-             f"{state.failed} failed" if state.failed else "",
-             f"{rate:.1f} it/s" if rate else "", f"ETA {_duration(state.eta_s)}",
-             f"acc {sum(acc) / len(acc):.3f}" if acc else "", state.status]
+def status_line(row: Row) -> str:
+    """One line for a run's row: bar, done/total, failures, rate, ETA and accuracy so far."""
+    total = row["total"] or 0
+    done = row["done"] + row["failed"]
+    filled = min(int(BAR * done / total), BAR) if total else 0
+    rate, acc = row["rate"], row["accuracy"]
+    parts = [f"{row['run']} [{'#' * filled}{'.' * (BAR - filled)}] {done}/{total or '?'}",
+             f"{row['failed']} failed" if row["failed"] else "",
+             f"{rate:.1f} it/s" if rate else "", f"ETA {_duration(row['eta_s'])}",
+             "" if acc is None else f"acc {acc:.3f}",
+             (row.get("outcome") or row["status"]).replace("_", " ")]
     return "  ".join(p for p in parts if p)
 
 
-async def follow(ws_url: str, run: str, after: int, out: TextIO = sys.stderr) -> RunState:
-    """Show the run's progress until it ends; returns its final state (as the feed told it)."""
-    fold = tracker.Tracker()
-    last, drawn, tty = after, 0.0, out.isatty()
+class StatusLine:
+    """One status line on `out`: redrawn in place on a terminal, a line now and then on a pipe
+    (and always the last one)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.tty, self.drawn = out, out.isatty(), 0.0
+
+    def show(self, text: str, *, last: bool = False) -> None:
+        """Draw `text`; `last`: the final line (always written, and the line ended)."""
+        now = time.monotonic()
+        if not (self.tty or last or now - self.drawn >= PLAIN_EVERY_S):
+            return
+        self.out.write(("\r\x1b[2K" if self.tty else "") + text + ("" if self.tty else "\n"))
+        if last and self.tty:
+            self.out.write("\n")
+        self.out.flush()
+        self.drawn = now
+
+
+async def follow(ws_url: str, run: str, after: int, out: TextIO = sys.stderr) -> Row:
+    """Show the progress of `run` (its id, or its name) until it ends; returns its final row as
+    the daemon serves it (`RunState.to_dict`)."""
+    line = StatusLine(out)
+    last = after
+    row: Row | None = None
     while True:
         try:
-            async with open_ws(f"{ws_url}/api/feed?after={last}&run={run}") as ws:
+            async with open_ws(f"{ws_url}/api/state?after={last}") as ws:
                 while True:
                     with trio.move_on_after(REDRAW_S):
                         while True:
-                            for event in json.loads(await ws.get_message()):
-                                tracker.apply(fold, _event(event))
-                                last = event["seq"]
-                    state = fold.runs.get(run)
-                    if state is None:
+                            message = json.loads(await ws.get_message())
+                            last = message["seq"]
+                            for r in message["runs"]:
+                                if run in (r["run"], r["name"]):
+                                    row = r
+                    if row is None:
                         continue
-                    now = time.monotonic()
-                    if tty or now - drawn >= PLAIN_EVERY_S or state.status in TERMINAL:
-                        out.write(("\r\x1b[2K" if tty else "") + status_line(state)
-                                  + ("" if tty else "\n"))
-                        out.flush()
-                        drawn = now
-                    if state.status in TERMINAL:
-                        if tty:
-                            out.write("\n")
-                        return state
+                    ended = row["status"] in TERMINAL
+                    line.show(status_line(row), last=ended)
+                    if ended:
+                        return row
         except (Closed, OSError):
             await trio.sleep(0.5)  # vlmd restarting, or we were too slow: resume after `last`
-
-
-def _event(raw: dict[str, Any]) -> Event:
-    return Event(raw["seq"], raw["key"], raw["run"], raw["kind"], raw["ts"], raw["received"],
-                 raw["body"], "")
 
 
 def _ms(stats: dict[str, Any], key: str) -> str:

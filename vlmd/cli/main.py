@@ -9,6 +9,7 @@ import logging
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from vlmd.cli import client
 from vlmd.cli import cluster as _cluster_commands  # noqa: F401  (they register themselves)
 from vlmd.cli import run as _run_commands  # noqa: F401
 from vlmd.cli.base import COMMANDS, CliError, command, one_line
+from vlmd.cli.follow import StatusLine, status_line
+from vlmd.cli.wsclient import Closed, open_ws
 from vlmd.config import Config, ConfigError
 from vlmd.daemon import datasette
 from vlmd.daemon.serve import serve
@@ -125,40 +128,72 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, default=1.0,
                    help="time factor: 10 plays ten times faster than it happened (default 1)")
     p.add_argument("--db", metavar="FILE",
-                   help="read the run from this log file (default: ask the daemon)")
+                   help="replay the run from this log file, here (default: the daemon does)")
 
 
 @command("replay", _replay_args)
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
-    """Play a past run's events to the daemon's replay channel, spaced as they happened.
+    """Play a past run through the fold, paced as it happened, as a status line.
 
-    Nothing is appended to the log; dashboards follow it at WS /api/replay?run=RUN.
+    The daemon folds the run's events again from the log (nothing is appended) and streams the
+    states (WS /api/replay); the replay page shows the same replay in the browser. With --db,
+    any log file is replayed here, without a daemon.
 
     Example:
         vlmd replay nightly --speed 20
         vlmd replay r-7f3a2b9c01 --speed 100 --db /backup/vlmd-2026-01.db
     """
-    if not args.speed > 0:
-        raise CliError("--speed must be a number above 0")
+    if not 0 < args.speed <= replay.MAX_SPEED:
+        raise CliError(f"--speed must be a number above 0 and up to {replay.MAX_SPEED:g}")
+    line = StatusLine(sys.stderr)
+
+    async def local(event_log: EventLog, run: str) -> Message:
+        began, message = trio.current_time(), None
+        for due, message in replay.play(event_log.read(run=run), speed=args.speed):
+            await trio.sleep_until(began + due)
+            _show(line, message)
+        assert message is not None  # play always yields at least the first state
+        return message
+
+    async def remote(run: str) -> Message:
+        url = f"{config.url.replace('http', 'ws', 1)}/api/replay?run={quote(run)}" \
+              f"&speed={args.speed!r}"
+        message: Message = {}
+        try:
+            async with open_ws(url) as ws:
+                while True:
+                    message = orjson.loads(await ws.get_message())
+                    _show(line, message)
+        except Closed as closed:
+            if closed.code != 1000:
+                raise CliError(f"the replay stopped: {closed.reason or closed.code}") from None
+        except OSError as e:
+            raise CliError(f"cannot reach vlmd at {config.url} ({e})") from None
+        return message
+
+    began = time.monotonic()
     if args.db:
         event_log = _log_file(args, config)
         run = _run_id(event_log, args.run)
-        events = [replay.event_dict(e) for e in event_log.read(run=run)]
+        last = trio.run(local, event_log, run)
     else:
         run = client.call(config, "GET", f"/api/runs/{quote(args.run, safe='')}")["run"]
-        events, after = [], 0
-        while page := client.call(config, "GET",
-                                  f"/api/events?run={quote(run)}&after={after}&limit=100000"):
-            events += page
-            after = page[-1]["seq"]
-
-    def send(batch: list[Any]) -> None:
-        client.call(config, "POST", "/api/replay", content=orjson.dumps(batch),
-                    headers={"content-type": "application/json"})
-
-    took = replay.play(events, args.speed, send)
-    print(f"replayed {len(events)} events of {run} in {took:.2f} s (speed {args.speed:g})")
+        print(f"vlmd: replaying run {run}; watch it at {config.url}/replay.html?run={quote(run)}",
+              file=sys.stderr)
+        last = trio.run(remote, run)
+    print(f"replayed {last.get('folded', 0)} events of {run} in {time.monotonic() - began:.2f} s "
+          f"(speed {args.speed:g})")
     return 0
+
+
+Message = dict[str, Any]
+
+
+def _show(line: StatusLine, message: Message) -> None:
+    """Draw a replay message's run row (the last message ends the line)."""
+    end = bool(message.get("end"))
+    if message.get("runs"):
+        line.show(status_line(message["runs"][0]), last=end)
 
 
 def _state_args(p: argparse.ArgumentParser) -> None:

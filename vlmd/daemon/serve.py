@@ -155,7 +155,7 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
                 log.info("stopping: finishing in-flight requests")
                 live.release_feed()
                 live.feed.close()
-                live.replays.close()
+                live.states.feed.close()
                 services.cancel_scope.cancel()
     finally:
         event_log.close()

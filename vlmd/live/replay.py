@@ -1,37 +1,40 @@
-"""Replay and time travel: past runs played into a live channel, and the tracker at any point.
+"""Replay and time travel: a past run played through the fold, and the fold at any point.
 
-A replay never touches the log. `vlmd replay` reads a run's events (from the daemon, or from any
-log file with ``--db``) and posts them, paced by their original ``ts`` spacing divided by the
-speed, to ``POST /api/replay``; the daemon publishes them unchanged (original seq, key, ts) to
-``live.replays``, which dashboards follow at ``WS /api/replay?run=RUN``. They are not put on the
-live feed: its clients resume by seq, so old seqs there would be skipped or double-counted.
-`state_at` folds a prefix of the log: the tracker as it was at a seq or a time.
+A replay never touches the log or the daemon's live state. The run's events are read in seq
+order and folded afresh by the same fold (`vlmd.projections.tracker` and `answers`) into
+messages shaped as the state stream's (`vlmd.live.states`)::
+
+    {"seq": S, "ts": T, "folded": N, "runs": [the run's row], "items": [item rows],
+     "summary": {...}, "events": [the step's samples and alerts], "end": true}
+
+- ``seq``, ``ts``, ``folded``: the position: the last seq folded, the replay clock (the running
+  maximum of the events' ``ts``, so a producer clock that steps back reorders nothing) and how
+  many of the run's events are folded;
+- ``items``: the rows that changed (every row in a first message), ``summary`` when the items
+  changed (at most every `SUMMARY_EVERY_S` of replay time, and in the last message), ``events``
+  (for charts and the alert list: rendering, not folding) when there are any, ``end`` in the
+  last message.
+
+`position` folds the run up to a seq or a time (``GET /api/runs/{run}/state``); `play` yields the
+messages paced by the events' ``ts`` spacing divided by the speed (``WS /api/replay``,
+`vlmd replay`). `state_at` folds a prefix of the whole log (`vlmd state --at`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-import trio
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.websockets import WebSocket, WebSocketDisconnect
-
-from vlmd.live.state import Live
-from vlmd.projections import tracker
+from vlmd.live.states import SUMMARY_EVERY_S
+from vlmd.projections import answers, tracker
+from vlmd.projections.summary import summarize
 from vlmd.store.log import Event, EventLog, connect
-from vlmd_agent import wire
 
-BATCH_S = 0.02  # events due within this many seconds of each other go in one POST
+BATCH_S = 0.02  # events due within this many seconds (of the replay's pace) share a message
 MAX_BATCH = 5_000
-WS_TRY_AGAIN = 1013
-WS_GOING_AWAY = 1001
-WS_POLICY = 1008
+MAX_SPEED = 1e6
 
 
 def open_readonly(path: str | Path) -> EventLog:
@@ -90,119 +93,116 @@ def state_at(log: EventLog, seq: int | None = None) -> tracker.Tracker:
     return tracker.fold(log.read(after=0, until=seq))
 
 
-def event_dict(event: Event) -> dict[str, Any]:
-    """A stored event as the JSON object `GET /api/events` and `POST /api/replay` use."""
-    parsed: dict[str, Any] = orjson.loads(event.to_json())
-    return parsed
+class Fold:
+    """One run folded from its own events: the tracker, the event each item's row comes from,
+    and the position."""
+
+    def __init__(self) -> None:
+        self.tracker = tracker.Tracker()
+        self.kept: dict[str, Event] = {}
+        self.seq = 0
+        self.clock: float | None = None
+        self.folded = 0
+
+    def apply(self, event: Event) -> str | None:
+        """Fold one event; the item whose row changed, if any."""
+        tracker.apply(self.tracker, event)
+        self.seq = event.seq
+        self.clock = event.ts if self.clock is None else max(self.clock, event.ts)
+        self.folded += 1
+        return answers.keep(self.kept, event)
+
+    def message(self, items: Iterable[str] | None, *, summary: bool,
+                raw: list[Event] | None = None) -> dict[str, Any]:
+        """The state as a message: `items` the rows to send (None: all), the summary or not,
+        `raw` the samples and alerts to pass on."""
+        states = list(self.tracker.runs.values())
+        out: dict[str, Any] = {
+            "seq": self.seq, "ts": self.clock, "folded": self.folded,
+            "runs": [s.to_dict() for s in states],
+            "items": [answers.served(self.kept[i]) for i in (self.kept if items is None
+                                                             else items)]}
+        if summary and states:
+            out["summary"] = summarize(states[0])
+        if raw:
+            out["events"] = [e.wire() for e in raw]
+        return out
 
 
-def schedule(events: Sequence[dict[str, Any]], speed: float) -> Iterator[tuple[float, list[Any]]]:
-    """Batches of events with the offset (seconds from the start) at which each is due.
+def _rendered(event: Event) -> bool:
+    """Whether the page draws this event itself (charts, the alert list)."""
+    return event.kind == "watchdog.sample" or event.kind.startswith("alert.")
 
-    Offsets follow the events' ``ts`` spacing divided by `speed`, never going backwards (a
-    producer clock that steps back does not reorder the log).
-    """
-    if not events:
-        return
-    t0, due = events[0]["ts"], 0.0
-    batch: list[Any] = []
-    batch_due = 0.0
+
+def position(events: Iterable[Event], *, seq: int | None = None, ts: float | None = None
+             ) -> dict[str, Any]:
+    """The run's state after its events up to `seq` and up to replay time `ts` (all: None),
+    every item row and the summary: one message."""
+    fold = Fold()
     for event in events:
-        due = max(due, (event["ts"] - t0) / speed)
-        if batch and (due - batch_due > BATCH_S or len(batch) >= MAX_BATCH):
-            yield batch_due, batch
-            batch = []
-        if not batch:
-            batch_due = due
-        batch.append(event)
-    yield batch_due, batch
+        if seq is not None and event.seq > seq:
+            break
+        if ts is not None and max(event.ts, fold.clock or event.ts) > ts:
+            break
+        fold.apply(event)
+    return fold.message(None, summary=True)
 
 
-def play(events: Sequence[dict[str, Any]], speed: float,
-         send: Callable[[list[Any]], None]) -> float:
-    """Send `events` in paced batches through `send`; returns the seconds it took."""
-    start = time.monotonic()
-    for due, batch in schedule(events, speed):
-        wait = due - (time.monotonic() - start)
-        if wait > 0:
-            time.sleep(wait)
-        send(batch)
-    return time.monotonic() - start
+def play(events: Iterable[Event], *, after: int = 0, speed: float = 1.0
+         ) -> Iterator[tuple[float, dict[str, Any]]]:
+    """The messages of a replay of one run's `events` (in seq order) from after seq `after`,
+    each with when it is due: seconds from the start, the events' ``ts`` spacing divided by
+    `speed`. The first, due at once, is the state at `after` with every item row."""
+    fold = Fold()
+    stream = iter(events)
+    upcoming = None
+    for event in stream:
+        if event.seq > after:
+            upcoming = event
+            break
+        fold.apply(event)
+    first = fold.message(None, summary=True)
+    if upcoming is None:
+        yield 0.0, {**first, "end": True}
+        return
+    yield 0.0, first
+    start = upcoming.ts if fold.clock is None else fold.clock
+    summarized = 0.0  # when the last summary was due
+    stale = False  # items changed since
+    while upcoming is not None:
+        due = (max(upcoming.ts, fold.clock or upcoming.ts) - start) / speed
+        changed: dict[str, None] = {}
+        raw: list[Event] = []
+        for _ in range(MAX_BATCH):
+            if (upcoming.ts - start) / speed - due > BATCH_S:
+                break
+            if (item := fold.apply(upcoming)) is not None:
+                changed[item] = None
+            if _rendered(upcoming):
+                raw.append(upcoming)
+            upcoming = next(stream, None)
+            if upcoming is None:
+                break
+        stale = stale or bool(changed)
+        summary = stale and (upcoming is None or due - summarized >= SUMMARY_EVERY_S)
+        if summary:
+            summarized, stale = due, False
+        message = fold.message(changed, summary=summary, raw=raw)
+        if upcoming is None:
+            message["end"] = True
+        yield due, message
 
 
-def _stored(raw: Any, index: int) -> Event | str:
-    if type(raw) is not dict or type(raw.get("seq")) is not int or raw["seq"] < 1:
-        return f"event {index}: expected a stored event with a positive integer seq"
-    received: Any = raw.get("received", raw.get("ts"))
-    if type(received) not in (int, float):
-        return f"event {index}: received: expected a number"
-    envelope = {k: raw.get(k) for k in wire.ENVELOPE_FIELDS}
-    errors = wire.event_errors(envelope, index, time.time())
-    if errors:
-        return str(errors[0])
-    body: dict[str, Any] = raw["body"]
-    return Event(raw["seq"], str(raw["key"]), str(raw["run"]), str(raw["kind"]),
-                 float(raw["ts"]), float(received), body, orjson.dumps(body).decode())
-
-
-class Replays:
-    """``POST /api/replay`` (publish past events, token needed) and ``WS /api/replay``."""
-
-    def __init__(self, live: Live, authorize: Callable[[Request], None],
-                 read_body: Callable[[Request], Awaitable[bytes]]) -> None:
-        self.live = live
-        self.authorize = authorize
-        self.read_body = read_body
-
-    async def post(self, request: Request) -> Response:
-        """Publish a JSON array of stored events (as `GET /api/events` returns them)."""
-        self.authorize(request)
-        try:
-            batch = orjson.loads(await self.read_body(request))
-        except orjson.JSONDecodeError as e:
-            return _json({"error": f"body is not valid JSON: {e}"}, 400)
-        if type(batch) is not list:
-            return _json({"error": "expected a JSON array of stored events"}, 422)
-        events = [_stored(raw, i) for i, raw in enumerate(batch)]
-        errors = [e for e in events if isinstance(e, str)]
-        if errors:
-            return _json({"error": f"{errors[0]}; nothing was published"}, 422)
-        ordered = sorted((e for e in events if isinstance(e, Event)), key=lambda e: e.seq)
-        self.live.replays.publish(ordered)
-        return _json({"published": len(ordered),
-                      "clients": len(self.live.replays.subscribers)})
-
-    async def feed(self, ws: WebSocket) -> None:
-        """Stream replayed events (JSON arrays, as the live feed) for one run or all."""
-        await ws.accept()
-        run = ws.query_params.get("run") or None
-        if run is not None:
-            try:
-                found = self.live.tracker.find(run)
-            except tracker.AmbiguousName as e:
-                await ws.close(WS_POLICY, str(e)[:120])
-                return
-            run = found.run if found else run
-        sub = self.live.replays.subscribe(run, 0)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_wait_disconnect, ws, nursery.cancel_scope)
-                async for frame in sub.receive:
-                    await ws.send_text(frame.text)
-                await ws.close(WS_TRY_AGAIN if sub.dropped else WS_GOING_AWAY,
-                               "too slow" if sub.dropped else "vlmd is stopping")
-                nursery.cancel_scope.cancel()
-        except* WebSocketDisconnect:
-            pass
-        finally:
-            self.live.replays.unsubscribe(sub)
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status, media_type="application/json")
-
-
-async def _wait_disconnect(ws: WebSocket, scope: trio.CancelScope) -> None:
-    while (await ws.receive())["type"] != "websocket.disconnect":
-        pass
-    scope.cancel()
+def span(log: EventLog, run: str, until: int | None = None) -> dict[str, Any]:
+    """How much there is to replay of `run`: its events, first and last seq, and the replay
+    clock's range (the first event's ``ts`` to the latest ``ts``)."""
+    conn = connect(log.path, readonly=True)
+    try:
+        n, first, last, latest = conn.execute(
+            "SELECT count(*), min(seq), max(seq), max(ts) FROM events WHERE run = ? "
+            "AND seq <= ?", (run, until if until is not None else 2**63 - 1)).fetchone()
+        row = conn.execute("SELECT ts FROM events WHERE seq = ?", (first,)).fetchone()
+    finally:
+        conn.close()
+    return {"events": n, "first_seq": first, "last_seq": last,
+            "first_ts": None if row is None else row[0], "last_ts": latest}

@@ -152,7 +152,7 @@ class Live:
         self.appended_by_kind: Counter[str] = Counter()
         self.ingest_latency = Histogram()
         self.gpus = LatestGpus()
-        self.replays = Feed(feed.buffer)  # replayed past events: never appended, never in `feed`
+        self.replaying = 0  # replays being streamed (each its own fold of the log)
         self.datasette_url: str | None = None
         self.liveness: Liveness | None = None
         self.started_at = time.time()

@@ -67,17 +67,24 @@ def apply(rows: dict[str, Row], event: Event) -> dict[str, Row]:
     return rows
 
 
+def keep(kept: dict[str, Event], event: Event) -> str | None:
+    """Fold one event into `kept` (item -> the event its row comes from); the item whose row
+    changed, else None."""
+    if event.kind not in ITEM_KINDS:
+        return None
+    item = str(event.body["item"])
+    old = kept.get(item)
+    if old is None or supersedes(old.kind == "item.completed", event.kind == "item.completed"):
+        kept[item] = event
+        return item
+    return None
+
+
 def latest(events: Iterable[Event]) -> dict[str, Event]:
     """The event each item's row comes from, by item, in first-appearance order."""
     kept: dict[str, Event] = {}
     for event in events:
-        if event.kind not in ITEM_KINDS:
-            continue
-        item = str(event.body["item"])
-        old = kept.get(item)
-        if old is None or supersedes(old.kind == "item.completed",
-                                     event.kind == "item.completed"):
-            kept[item] = event
+        keep(kept, event)
     return kept
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -29,12 +30,12 @@ from vlmd.launch import submit
 from vlmd.launch.launcher import Launcher, LaunchError, LaunchSpec
 from vlmd.live import wsframes
 from vlmd.live.feed import Feed, Frame, Subscription, encode
-from vlmd.live.replay import Replays
+from vlmd.live.replay import MAX_SPEED
 from vlmd.live.state import Live, WriteRefused
 from vlmd.projections import answers
 from vlmd.projections.tracker import AmbiguousName, RunState
 from vlmd.store.log import dumps_events
-from vlmd.web import images
+from vlmd.web import images, replays
 from vlmd.web.metrics import route as metrics_route
 from vlmd_agent import wire
 
@@ -362,6 +363,56 @@ class Api:
             yield await trio.to_thread.run_sync(build, live.log)
         await self._serve(ws, sub, live.states.feed, first(), after)
 
+    async def state_at(self, request: Request) -> Response:
+        """``GET /api/runs/{run}/state?at=SEQ|ts=TIME``: the run folded from its own events up
+        to that position (default: all), as one replay message (`vlmd.live.replay`)."""
+        state = self.run_state(request.path_params["run"])
+        q = request.query_params
+        try:
+            seq = int(q["at"]) if "at" in q else None
+            ts = float(q["ts"]) if "ts" in q else None
+        except ValueError:
+            raise ApiError(400, "at must be an integer seq and ts a number of seconds") from None
+        if seq is not None and not 0 <= seq <= MAX_SEQ:
+            raise ApiError(400, f"at must be from 0 to {MAX_SEQ}")
+        if ts is not None and not math.isfinite(ts):
+            raise ApiError(400, "ts must be a finite number of seconds")
+        return _json(await trio.to_thread.run_sync(
+            replays.position, self.live.log, state.run, seq, ts, self.live.head))
+
+    async def replay(self, ws: WebSocket) -> None:
+        """``WS /api/replay?run=RUN&speed=S&after=SEQ``: the run's fold played from after `SEQ`
+        (default 0) at `S` times its pace (default 1), then a normal close."""
+        await ws.accept()
+        query = await self._ws_query(ws)
+        if query is None:
+            return
+        given, run = query
+        speed_text = ws.query_params.get("speed", "1")
+        try:
+            speed = float(speed_text)
+        except ValueError:
+            speed = math.nan
+        state = None if run is None else self.live.tracker.runs.get(run)
+        if state is None or not 0 < speed <= MAX_SPEED:
+            why = (f"speed must be a number above 0 and up to {MAX_SPEED:g}, not "
+                   f"{speed_text[:40]!r}" if state is not None else
+                   "run= names no run in the log" if run else "give the run to replay: ?run=RUN")
+            await ws.close(WS_POLICY, _reason(why))
+            return
+        live = self.live
+        live.replaying += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_wait_disconnect, ws, nursery.cancel_scope)
+                await replays.stream(ws, live.log, state.run, after=given or 0, speed=speed,
+                                     until=live.head)
+                nursery.cancel_scope.cancel()
+        except* WebSocketDisconnect:
+            pass
+        finally:
+            live.replaying -= 1
+
     async def _serve(self, ws: WebSocket, sub: Subscription, feed: Feed,
                      backlog: AsyncIterator[Frame], after: int) -> None:
         """Stream `backlog` then `sub`'s live frames to `ws` until either side ends; `sub` is
@@ -469,7 +520,6 @@ def build_app(live: Live, token: str, *, max_body: int,
     submissions are refused)."""
     api = Api(live, token, max_body, read_token=read_token)
     api.launcher = launcher
-    replays = Replays(live, api.authorize, api.read_body)
     routes = [
         Route("/api/events", _guard(api.post_events), methods=["POST"]),
         Route("/events", _guard(api.post_events), methods=["POST"]),
@@ -486,8 +536,8 @@ def build_app(live: Live, token: str, *, max_body: int,
         Route("/api/events", _reads(api, api.list_events), methods=["GET"]),
         Route("/healthz", _guard(api.healthz), methods=["GET"]),
         Route("/metrics", _reads(api, metrics_route(live)), methods=["GET"]),
-        Route("/api/replay", _guard(replays.post), methods=["POST"]),
-        WebSocketRoute("/api/replay", _ws_reads(api, replays.feed)),
+        Route("/api/runs/{run}/state", _reads(api, api.state_at), methods=["GET"]),
+        WebSocketRoute("/api/replay", _ws_reads(api, api.replay)),
         WebSocketRoute("/api/feed", _ws_reads(api, api.feed)),
         WebSocketRoute("/api/state", _ws_reads(api, api.state)),
         Mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui"),

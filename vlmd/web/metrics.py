@@ -70,7 +70,7 @@ def render(live: Live) -> str:
     out.family("vlmd_feed_clients", "gauge", "WebSocket clients following the live feed.")
     out.sample("vlmd_feed_clients", len(live.feed.subscribers), feed="live")
     out.sample("vlmd_feed_clients", len(live.states.feed.subscribers), feed="state")
-    out.sample("vlmd_feed_clients", len(live.replays.subscribers), feed="replay")
+    out.sample("vlmd_feed_clients", live.replaying, feed="replay")
     runs = live.tracker.runs.values()
     by_status = Counter(state.status for state in runs)
     out.family("vlmd_runs", "gauge", "Runs in the log, by status.")

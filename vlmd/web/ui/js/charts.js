@@ -1,6 +1,5 @@
 // The charts: time series over uPlot (vendored, the global `uPlot`), histograms as inline SVG.
 
-import { describe } from "./tracker.js";
 import { fmt, h } from "./util.js";
 
 const COLORS = ["#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b83280", "#319795", "#975a16",
@@ -76,16 +75,19 @@ export class TimeChart {
 }
 
 /**
- * A histogram of `values` in `el` (SVG, `bins` bars) with count and p50/p90/p99 under it.
- * `el.dataset.count` holds how many values it shows.
+ * A histogram of `values` in `el` (SVG, `bins` bars) with the daemon's figures of the metric
+ * under it (`stats`: count, mean, p50, p90, p99, max, from the run's summary) and its p50 and
+ * p99 marked. `el.dataset.count` holds how many values it shows.
  */
-export function drawHistogram(el, values, { unit, bins = 30 }) {
+export function drawHistogram(el, values, { unit, stats, bins = 30 }) {
   const width = Math.max(el.clientWidth, 240);
   const height = 150;
   const pad = { l: 36, r: 8, t: 8, b: 22 };
   el.replaceChildren();
   el.dataset.count = String(values.length);
-  const d = describe(values);
+  const d = stats ?? { count: 0, mean: null, p50: null, p90: null, p99: null, max: null };
+  el.dataset.p50 = d.p50 ?? "";
+  el.dataset.p99 = d.p99 ?? "";
   if (!values.length) {
     el.append(h("div", { class: "empty" }, "no values yet"));
     return;
@@ -112,6 +114,7 @@ export function drawHistogram(el, values, { unit, bins = 30 }) {
   });
   const x = (v) => pad.l + ((v - lo) / (hi - lo)) * (width - pad.l - pad.r);
   for (const [name, v] of [["p50", d.p50], ["p99", d.p99]]) {
+    if (v === null || v === undefined) continue;
     svg.append(svgEl("line", { x1: x(v), x2: x(v), y1: pad.t, y2: pad.t + plotH, class: `q ${name}` }));
   }
   svg.append(svgEl("line", { x1: pad.l, x2: width - pad.r, y1: pad.t + plotH, y2: pad.t + plotH, class: "axis" }));

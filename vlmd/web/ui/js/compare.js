@@ -1,10 +1,10 @@
 // The compare page: accuracy against a chosen cost for every run, with the Pareto front marked.
 //
-// Figures come from `GET /api/runs/{run}` (the daemon's summary). The feed only says which runs
-// moved: their summaries are re-read, at most once per REFRESH_MS.
+// Figures come from `GET /api/runs/{run}` (the daemon's summary). The state stream says which
+// runs moved: their summaries are re-read, at most once per REFRESH_MS.
 
 import { svgEl } from "./charts.js";
-import { followFeed, getJSON } from "./feed.js";
+import { followState, getJSON } from "./feed.js";
 import { paretoFront } from "./pareto.js";
 import { fmt, fmtPct, h } from "./util.js";
 
@@ -121,11 +121,10 @@ async function main() {
       render();
     }
   }).observe(document.getElementById("scatter"));
-  const feed = followFeed({
+  const feed = followState({
     after: list.last_seq,
-    kinds: ["run.*", "item.*", "alert.*"],  // samples and heartbeats change nothing here
-    onEvents(events) {
-      for (const e of events) refreshSoon(e.run);
+    onState(message) {
+      for (const row of message.runs) refreshSoon(row.run);
     },
   });
   window.vlmd = { runs, feed, render };

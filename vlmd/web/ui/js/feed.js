@@ -1,9 +1,10 @@
-// The live feed: `WS /api/feed?after=SEQ[&run=RUN][&kind=K...]`, reconnected by itself with the
-// last seq seen.
+// The daemon's streams, reconnected by themselves from the last seq seen:
+// `WS /api/feed?after=SEQ[&run=RUN][&kind=K...]` (committed events, for charts and alert lists)
+// and `WS /api/state?after=SEQ[&run=RUN]` (the fold's state: run rows, item rows, summary).
 //
-// The daemon closes with 1013 when this client is too slow and 1001 when it stops; any close or
+// The daemon closes with 1013 when a client is too slow and 1001 when it stops; any close or
 // failed connect is retried with exponential backoff (capped at BACKOFF_MAX_MS), resuming after
-// the last seq folded, so nothing is missed or seen twice. The connection state is shown in the
+// the last seq seen, so nothing is missed or seen twice. The connection state is shown in the
 // element `#conn-status` (data-state: connecting, live, reconnecting).
 
 const BACKOFF_MIN_MS = 100;
@@ -20,11 +21,6 @@ export function showConnState(state, detail = "") {
   el.title = detail;
 }
 
-/**
- * Follow the feed from `after`; `onEvents(events)` gets every event once, in seq order; with
- * `kinds` (exact kinds or `prefix.*`), only events of those kinds are sent at all.
- * Returns {close()}.
- */
 /** The read token when vlmd asks for one (`[server] read_token`): open a page once with
  * `?token=...`; it is kept in this browser's localStorage for the other pages. */
 export function readToken() {
@@ -39,7 +35,19 @@ export function withToken(url) {
   return token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url;
 }
 
-export function followFeed({ after = 0, run = null, kinds = null, onEvents }) {
+/** A WebSocket URL for `path` with `params` (and the read token). */
+export function wsUrl(path, params) {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const token = readToken();
+  if (token) params.set("token", token);
+  return `${proto}//${location.host}${path}?${params}`;
+}
+
+/**
+ * Follow `path` from seq `after`, reconnecting after the last seq seen. `onMessage(data, last)`
+ * gets each parsed message and returns the seq it brings the reader to (null: none).
+ */
+function follow(path, { after, query, onMessage }) {
   let last = after;
   let ws = null;
   let delay = BACKOFF_MIN_MS;
@@ -47,23 +55,16 @@ export function followFeed({ after = 0, run = null, kinds = null, onEvents }) {
   let timer = null;
 
   function connect() {
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const params = new URLSearchParams({ after: String(last) });
-    if (run) params.set("run", run);
-    for (const kind of kinds ?? []) params.append("kind", kind);
-    const token = readToken();
-    if (token) params.set("token", token);
-    ws = new WebSocket(`${proto}//${location.host}/api/feed?${params}`);
+    const params = new URLSearchParams(query);
+    params.set("after", String(last));
+    ws = new WebSocket(wsUrl(path, params));
     ws.onopen = () => {
       delay = BACKOFF_MIN_MS;
       showConnState("live");
     };
     ws.onmessage = (msg) => {
-      const events = JSON.parse(msg.data);
-      const fresh = events.filter((e) => e.seq > last);
-      if (!fresh.length) return;
-      last = fresh[fresh.length - 1].seq;
-      onEvents(fresh);
+      const seq = onMessage(JSON.parse(msg.data), last);
+      if (seq !== null && seq !== undefined) last = seq;
     };
     ws.onclose = (ev) => {
       ws = null;
@@ -84,6 +85,41 @@ export function followFeed({ after = 0, run = null, kinds = null, onEvents }) {
       if (ws) ws.close();
     },
   };
+}
+
+/**
+ * Follow the feed from `after`; `onEvents(events)` gets every event once, in seq order; with
+ * `kinds` (exact kinds or `prefix.*`), only events of those kinds are sent at all.
+ * Returns {last, close()}.
+ */
+export function followFeed({ after = 0, run = null, kinds = null, onEvents }) {
+  const query = [];
+  if (run) query.push(["run", run]);
+  for (const kind of kinds ?? []) query.push(["kind", kind]);
+  return follow("/api/feed", {
+    after, query,
+    onMessage(events, last) {
+      const fresh = events.filter((e) => e.seq > last);
+      if (!fresh.length) return null;
+      onEvents(fresh);
+      return fresh[fresh.length - 1].seq;
+    },
+  });
+}
+
+/**
+ * Follow the fold's state (every run's rows, or with `run` that run's rows, item rows and
+ * summary) from `after`; `onState(message)` gets each message ({seq, runs, items?, summary?})
+ * to upsert. Returns {last, close()}.
+ */
+export function followState({ after = 0, run = null, onState }) {
+  return follow("/api/state", {
+    after, query: run ? [["run", run]] : [],
+    onMessage(message) {
+      onState(message);
+      return message.seq;
+    },
+  });
 }
 
 /** GET a JSON document; null on 404. */

@@ -1,13 +1,15 @@
-// The replay page: a past run played back from the log at a chosen speed, or scrubbed to a moment.
+// The replay page: a past run played back through the daemon's fold, or scrubbed to a moment.
 //
-// The run's events are read through `/api/events?run=` (paged) and folded into the same RunModel
-// and widgets as the run page. Playback keeps the original spacing of `ts` (seq order; a ts
-// earlier than one already played counts as that one), scaled by the speed; seeking backwards
-// refolds from the start, which is quick because the fold is O(events).
+// Playing follows `WS /api/replay?run=RUN&speed=S&after=SEQ`: the daemon folds the run's events
+// again and sends its states paced by their original spacing divided by the speed (the same
+// messages as the state stream, plus the step's samples and alerts for the charts). Scrubbing
+// asks `GET /api/runs/{run}/state?ts=T`, the run folded up to that moment, and reads the
+// samples and alerts up to there for the charts. Pausing closes the stream; playing again
+// resumes it after the seq reached. Nothing here folds events into figures.
 
-import { readEvents, withToken } from "./feed.js";
+import { getJSON, readEvents, withToken, wsUrl } from "./feed.js";
 import { showDatasetteLink } from "./links.js";
-import { RunModel } from "./runmodel.js";
+import { DRAWN_KINDS, RunModel } from "./runmodel.js";
 import { RunView, mountRunLayout } from "./runview.js";
 import { fmtDuration, param, setText } from "./util.js";
 
@@ -15,108 +17,134 @@ const SLIDER_STEPS = 1000;
 
 const run = param("run");
 const main = document.querySelector("main");
-const state = document.getElementById("replay-state");
+const stateEl = document.getElementById("replay-state");
 const slider = document.getElementById("scrub");
 const speedSel = document.getElementById("speed");
 const playBtn = document.getElementById("play");
 
-let events = [];
-let times = []; // the playback time of each event: running max of ts
-let t0 = 0, t1 = 0;
-let cursor = 0; // events[0..cursor) are folded
-let vt = 0; // the replay clock, in the run's ts
-let playing = false;
-let lastFrame = 0;
+let span = { events: 0, first_ts: null, last_ts: null };
+let at = { seq: 0, ts: null, folded: 0 }; // where the replay is
 let model = null;
 let view = null;
+let ws = null; // the replay stream while playing
+let seeking = 0; // the latest seek: an older one that answers late is dropped
+let state = "loading";
+
+const runPath = () => `/api/runs/${encodeURIComponent(run)}`;
+const t0 = () => span.first_ts ?? 0;
+const t1 = () => span.last_ts ?? 0;
 
 function setState(s) {
-  state.dataset.state = s;
-  state.textContent = s;
+  state = s;
+  stateEl.dataset.state = s;
+  stateEl.textContent = s;
   playBtn.textContent = s === "playing" ? "pause" : "play";
 }
 
-/** Fold events up to replay time `t` (refolding from the start when `t` is behind). */
-function seek(t) {
-  if (t < vt || !model) {
-    model = new RunModel();
-    cursor = 0;
-    view.setModel(model);
+function showClock() {
+  const now = at.ts ?? t0();
+  setText(document.getElementById("replay-clock"),
+    `${fmtDuration(now - t0())} of ${fmtDuration(t1() - t0())} · ${at.folded} / ${span.events} events`);
+  document.getElementById("replay-pos").dataset.cursor = String(at.folded);
+  if (!slider.matches(":active")) {
+    const whole = t1() - t0();
+    slider.value = String(whole > 0 ? Math.round(((now - t0()) / whole) * SLIDER_STEPS) : SLIDER_STEPS);
   }
-  vt = t;
-  while (cursor < events.length && times[cursor] <= vt) model.apply(events[cursor++]);
+}
+
+/** Take one message of the daemon's (a replay step, or a position). */
+function take(message) {
+  model.applyState(message);
+  if (message.events) model.applyEvents(message.events);
+  at = { seq: message.seq, ts: message.ts, folded: message.folded };
   view.schedule();
   showClock();
 }
 
-function showClock() {
-  setText(document.getElementById("replay-clock"),
-    `${fmtDuration(vt - t0)} of ${fmtDuration(t1 - t0)} · ${cursor} / ${events.length} events`);
-  document.getElementById("replay-pos").dataset.cursor = String(cursor);
-  if (!slider.matches(":active")) {
-    slider.value = String(t1 > t0 ? Math.round(((vt - t0) / (t1 - t0)) * SLIDER_STEPS) : SLIDER_STEPS);
-  }
-}
-
-function frame(now) {
-  if (!playing) return;
-  const dt = (now - lastFrame) / 1000;
-  lastFrame = now;
-  seek(Math.min(vt + dt * Number(speedSel.value), t1));
-  if (cursor >= events.length) {
-    playing = false;
-    setState("ended");
-    return;
-  }
-  requestAnimationFrame(frame);
+function stop() {
+  if (!ws) return;
+  ws.onmessage = ws.onclose = null;
+  ws.close();
+  ws = null;
 }
 
 function play() {
-  if (cursor >= events.length) seek(t0 - 1);
-  playing = true;
+  stop();
+  const params = new URLSearchParams({ run, speed: speedSel.value, after: String(at.seq) });
+  ws = new WebSocket(wsUrl("/api/replay", params));
   setState("playing");
-  lastFrame = performance.now();
-  requestAnimationFrame(frame);
+  ws.onmessage = (msg) => {
+    const message = JSON.parse(msg.data);
+    take(message);
+    if (message.end) {
+      stop();
+      setState("ended");
+    }
+  };
+  ws.onclose = (ev) => {
+    ws = null;
+    setState(ev.code === 1000 ? "ended" : "paused");
+  };
 }
 
-async function main_() {
+/** Show the run folded up to replay time `ts` (the whole run for null). */
+async function seek(ts) {
+  const mine = ++seeking;
+  const wasPlaying = state === "playing";
+  stop();
+  const query = ts === null ? "" : `?ts=${ts}`;
+  const position = await getJSON(`${runPath()}/state${query}`);
+  const drawn = await readEvents({ run, kind: DRAWN_KINDS }, position.seq);
+  if (mine !== seeking) return;
+  span = position.span;
+  model = new RunModel();
+  view.setModel(model);
+  model.applyEvents(drawn);
+  take(position);
+  const ended = at.folded >= span.events;
+  if (wasPlaying && !ended) play();
+  else setState(ended && at.folded > 0 ? "ended" : "paused");
+}
+
+async function start() {
   if (!run) {
     main.textContent = "No run given: open this page as replay.html?run=RUN.";
     return;
   }
   document.title = `vlmd · replay ${run}`;
   mountRunLayout(main);
-  document.getElementById("csv-link").href = withToken(`/api/runs/${encodeURIComponent(run)}/answers.csv`);
+  document.getElementById("csv-link").href = withToken(`${runPath()}/answers.csv`);
   const other = document.getElementById("other-link");
   other.href = `run.html?run=${encodeURIComponent(run)}`;
   other.textContent = "live view";
   showDatasetteLink(run);
   view = new RunView(run);
   setState("loading");
-  events = await readEvents({ run });
-  let max = -Infinity;
-  times = events.map((e) => (max = Math.max(max, e.ts)));
-  t0 = events.length ? times[0] : 0;
-  t1 = events.length ? times[times.length - 1] : 0;
-  seek(t0 - 1);
+  const first = await getJSON(`${runPath()}/state?at=0`);
+  if (!first) {
+    main.textContent = `No run ${run} in the log.`;
+    return;
+  }
+  span = first.span;
+  model = new RunModel();
+  view.setModel(model);
+  take(first);
   setState("paused");
   playBtn.disabled = false;
   playBtn.addEventListener("click", () => {
-    if (playing) {
-      playing = false;
+    if (state === "playing") {
+      stop();
       setState("paused");
+    } else if (state === "ended") {
+      seek(t0() - 1).then(play);
     } else play();
   });
+  speedSel.addEventListener("change", () => { if (state === "playing") play(); });
   slider.addEventListener("input", () => {
-    seek(t0 + ((t1 - t0) * Number(slider.value)) / SLIDER_STEPS);
-    if (!playing) setState(cursor >= events.length ? "ended" : "paused");
+    seek(t0() + ((t1() - t0()) * Number(slider.value)) / SLIDER_STEPS);
   });
-  document.getElementById("to-end").addEventListener("click", () => {
-    playing = false;
-    seek(t1);
-    setState("ended");
-  });
-  window.vlmd = { get model() { return model; }, view, seek };
+  document.getElementById("to-end").addEventListener("click", () => seek(null));
+  window.vlmd = { get model() { return model; }, view, seek, get at() { return at; } };
 }
 
-main_();
+start();

@@ -1,8 +1,10 @@
-// The run page: one run's widgets, folded from the feed (`after=0&run=RUN`: the whole run, then live).
+// The run page: one run's widgets. Its state (the run's row, its item rows, its summary) comes
+// from the daemon's fold (`WS /api/state?run=RUN`); the charts and the alert list draw its
+// samples and alerts from the feed (`WS /api/feed?run=RUN&kind=...`).
 
-import { followFeed, showConnState, withToken } from "./feed.js";
+import { followFeed, followState, showConnState, withToken } from "./feed.js";
 import { showDatasetteLink } from "./links.js";
-import { RunModel } from "./runmodel.js";
+import { DRAWN_KINDS, RunModel } from "./runmodel.js";
 import { RunView, mountRunLayout } from "./runview.js";
 import { param } from "./util.js";
 
@@ -22,12 +24,19 @@ if (!run) {
   const view = new RunView(run);
   const model = new RunModel();
   view.setModel(model);
-  const feed = followFeed({
-    after: 0, run,
-    onEvents(events) {
-      for (const e of events) model.apply(e);
+  const state = followState({
+    run,
+    onState(message) {
+      model.applyState(message);
       view.schedule();
     },
   });
-  window.vlmd = { model, view, feed };
+  const feed = followFeed({
+    after: 0, run, kinds: DRAWN_KINDS,
+    onEvents(events) {
+      model.applyEvents(events);
+      view.schedule();
+    },
+  });
+  window.vlmd = { model, view, state, feed };
 }

@@ -3,10 +3,11 @@
 export const RUN_LAYOUT = `
 <section id="run-head" class="card">
   <div class="head-line">
-    <h1 id="run-title">…</h1> <span class="status"></span>
+    <h1 id="run-title">…</h1> <span class="status"></span> <span class="reason"></span>
     <span class="sub" id="event-count"></span>
   </div>
   <div class="sub"><span class="model"></span> on <span class="dataset"></span></div>
+  <div class="sub shards"></div>
   <div class="progress-wrap"></div>
   <dl class="figures">
     <div><dt>items/s</dt><dd class="rate">—</dd></div>

@@ -1,6 +1,8 @@
-// The run's headline figures (status, progress bar, items/s, ETA, accuracy, alerts), shared by
-// the runs table and the run/replay pages. Every figure lives in an element with a stable class
-// inside `[data-run="RUN"]`, and the container carries data-done/-failed/-total/-status too.
+// The run's headline figures (status, progress bar, items/s, ETA, accuracy, alerts, shards,
+// reason), shared by the runs table and the run/replay pages, from the run's row as the daemon
+// serves it. Every figure lives in an element with a stable class inside `[data-run="RUN"]`,
+// and the container carries the row's values as data attributes too (data-done, -failed,
+// -total, -status, -accuracy, -alerts, -reason, -shards).
 
 import { fmt, fmtDuration, fmtPct, h, setText } from "./util.js";
 
@@ -13,7 +15,7 @@ export function progressBar() {
       h("span", { class: "failed-wrap" }, " (", h("span", { class: "failed" }, "0"), " failed)")));
 }
 
-/** A row of the runs table for `row` (a `GET /api/runs` entry or `RunState.toDict()`). */
+/** A row of the runs table for `row` (a run's row from `GET /api/runs` or the state stream). */
 export function runTableRow(row) {
   const label = row.name ? `${row.name}` : row.run;
   const href = `run.html?run=${encodeURIComponent(row.run)}`;
@@ -38,6 +40,10 @@ export function updateRunFields(el, row) {
   el.dataset.failed = row.failed;
   el.dataset.total = total ?? "";
   el.dataset.status = row.status;
+  el.dataset.accuracy = row.accuracy ?? "";
+  el.dataset.alerts = row.alerts;
+  el.dataset.reason = row.reason ?? "";
+  el.dataset.shards = JSON.stringify(row.shards ?? {});
   setText(q("model"), row.model ?? "—");
   setText(q("dataset"), row.dataset ?? "—");
   const status = q("status");
@@ -46,6 +52,10 @@ export function updateRunFields(el, row) {
     status.className = `status st-${row.status}`;
     status.title = row.reason ?? "";
   }
+  setText(q("reason"), row.reason ?? "");
+  const shards = Object.entries(row.shards ?? {});
+  setText(q("shards"), shards.length > 1 || shards.some(([, s]) => s === "scheduled")
+    ? `shards: ${shards.map(([name, s]) => `${name} ${s}`).join(" · ")}` : "");
   setText(q("done"), String(row.done));
   setText(q("failed"), String(row.failed));
   setText(q("total"), total === null || total === undefined ? "?" : String(total));

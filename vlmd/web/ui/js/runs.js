@@ -1,28 +1,27 @@
-// The runs page: every run's headline figures, kept current by folding the live feed.
+// The runs page: every run's headline figures, as the daemon's fold serves them.
 //
-// Start-up: `GET /api/runs` paints at once and gives the head seq; the log's run/item/alert/
-// heartbeat events up to that head are then folded (samples are skipped: the tracker ignores
-// them), and the feed is followed from the head for the same kinds, so vlmd does not even send
-// the samples. From then on only the feed moves the page.
+// `WS /api/state` sends every run's row first, then the rows of the runs each commit changed;
+// the page upserts them and paints at the next animation frame. Statuses, counts, accuracy,
+// rate and ETA are the daemon's: nothing here derives them from events.
 
-import { followFeed, getJSON, readEvents } from "./feed.js";
+import { followState } from "./feed.js";
 import { runTableRow, updateRunFields } from "./runrow.js";
-import { Tracker, apply } from "./tracker.js";
 import { frameScheduler } from "./util.js";
 import { showDatasetteLink } from "./links.js";
 
-const TRACKED_KINDS = ["run.*", "item.*", "alert.*", "watchdog.heartbeat"];
-
 const tbody = document.querySelector("#runs tbody");
+const runs = new Map(); // run id -> its latest row
 const rows = new Map(); // run id -> <tr>
 const dirty = new Set();
-let tracker = null;
+let synced = false;
 
 function render() {
-  const states = tracker ? [...dirty].map((r) => tracker.runs.get(r).toDict()) : [];
+  const changed = [...dirty].map((run) => runs.get(run));
   dirty.clear();
-  for (const row of states) paint(row);
-  document.getElementById("no-runs").hidden = rows.size > 0;
+  // new runs go on top, the newest first
+  changed.sort((a, b) => (a.submitted_at ?? 0) - (b.submitted_at ?? 0));
+  for (const row of changed) paint(row);
+  document.getElementById("no-runs").hidden = !synced || rows.size > 0;
 }
 
 function paint(row) {
@@ -33,29 +32,19 @@ function paint(row) {
   }
   const fresh = runTableRow(row);
   rows.set(row.run, fresh);
-  tbody.prepend(fresh); // newest first
+  tbody.prepend(fresh);
 }
 
 const schedule = frameScheduler(render);
 
-function onEvents(events) {
-  for (const e of events) dirty.add(apply(tracker, e).run);
+function onState(message) {
+  for (const row of message.runs) {
+    runs.set(row.run, row);
+    dirty.add(row.run);
+  }
+  synced = true;
   schedule();
 }
 
-async function main() {
-  showDatasetteLink(null);
-  const snapshot = await getJSON("/api/runs");
-  const sorted = snapshot.runs.sort((a, b) => (a.submitted_at ?? 0) - (b.submitted_at ?? 0));
-  for (const row of sorted) paint(row);
-  document.getElementById("no-runs").hidden = rows.size > 0;
-  const head = snapshot.last_seq;
-  tracker = new Tracker();
-  for (const e of await readEvents({ kind: TRACKED_KINDS }, head)) apply(tracker, e);
-  tracker.last_seq = head;
-  for (const run of tracker.runs.keys()) dirty.add(run);
-  render();
-  window.vlmd = { tracker, feed: followFeed({ after: head, kinds: TRACKED_KINDS, onEvents }) };
-}
-
-main();
+showDatasetteLink(null);
+window.vlmd = { runs, feed: followState({ onState }) };

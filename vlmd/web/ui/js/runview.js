@@ -1,11 +1,11 @@
 // The run page's widgets over a RunModel: headline, resource charts, histograms, answers table
 // and alerts timeline. The run page and the replay page both use it; redraws are coalesced to
-// animation frames, and the O(items) parts (histograms, table) to at most SLOW_EVERY_MS.
+// animation frames, and the O(items) parts (histograms, table) to at most SLOW_EVERY_MS. Every
+// figure is the daemon's (the run's row, its item rows, its summary's percentiles); the
+// histograms' bars are drawn from the item rows' values.
 
 import { TimeChart, drawHistogram } from "./charts.js";
 import { withToken } from "./feed.js";
-import { outcome } from "./runmodel.js";
-import { metricValues } from "./tracker.js";
 import { progressBar, updateRunFields } from "./runrow.js";
 import { RUN_LAYOUT } from "./runlayout.js";
 import { fmt, fmtTime, frameScheduler, h, setText } from "./util.js";
@@ -30,7 +30,10 @@ export function mountRunLayout(container) {
 }
 
 const EMPTY_ROW = { done: 0, failed: 0, total: null, status: "—", rate: null, eta_s: null,
-  accuracy: null, alerts: 0, model: null, dataset: null };
+  accuracy: null, alerts: 0, model: null, dataset: null, shards: {}, reason: null };
+
+/** An item row's value shown in the table (an expected answer may be a list of them). */
+const shown = (r, k) => (Array.isArray(r[k]) ? r[k].join(" | ") : String(r[k] ?? ""));
 
 export class RunView {
   constructor(runParam) {
@@ -93,24 +96,32 @@ export class RunView {
   renderHead() {
     const m = this.model;
     m.dirty.head = false;
-    const state = m.state;
+    const row = m.row;
     const card = document.getElementById("run-head");
-    setText(document.getElementById("event-count"), `${m.events} events`);
-    if (!state) {
+    setText(document.getElementById("event-count"), `at seq ${m.seq}`);
+    if (!row) {
       updateRunFields(card, EMPTY_ROW);
       return;
     }
-    card.dataset.run = state.run;
-    setText(document.getElementById("run-title"), state.name ? `${state.name} (${state.run})` : state.run);
-    updateRunFields(card, state.toDict());
+    card.dataset.run = row.run;
+    setText(document.getElementById("run-title"), row.name ? `${row.name} (${row.run})` : row.run);
+    updateRunFields(card, row);
   }
 
   renderHistograms() {
-    const state = this.model.state;
-    const values = (metric) => (state ? metricValues(state, metric) : []);
-    drawHistogram(document.getElementById("hist-ttft"), values("ttft_ms"), { unit: "ms" });
-    drawHistogram(document.getElementById("hist-tpot"), values("tpot_ms"), { unit: "ms" });
-    drawHistogram(document.getElementById("hist-vram"), values("vram_peak_delta_mb"), { unit: "MB" });
+    const m = this.model;
+    const values = (metric) => {
+      const out = [];
+      for (const r of m.items.values()) {
+        if (r.outcome !== "failed" && typeof r[metric] === "number") out.push(r[metric]);
+      }
+      return out;
+    };
+    const stats = (metric) => m.summary?.[metric] ?? null;
+    for (const [id, metric, unit] of [["hist-ttft", "ttft_ms", "ms"], ["hist-tpot", "tpot_ms", "ms"],
+      ["hist-vram", "vram_peak_delta_mb", "MB"]]) {
+      drawHistogram(document.getElementById(id), values(metric), { unit, stats: stats(metric) });
+    }
   }
 
   bindAnswerControls() {
@@ -136,17 +147,17 @@ export class RunView {
 
   renderAnswers() {
     if (!this.model) return;
-    const all = [...this.model.answers.values()];
-    const rows = this.filter === "all" ? all : all.filter((r) => outcome(r) === this.filter);
+    const all = [...this.model.items.values()];
+    const rows = this.filter === "all" ? all : all.filter((r) => r.outcome === this.filter);
     const { key, dir } = this.sort;
-    const val = (r) => (key === "outcome" ? outcome(r) : r[key]);
+    const val = (r) => (NUMERIC.has(key) ? r[key] : shown(r, key));
     const cmp = NUMERIC.has(key)
       ? (a, b) => ((val(a) ?? -Infinity) - (val(b) ?? -Infinity)) * dir
       : (a, b) => collator.compare(String(val(a)), String(val(b))) * dir;
     rows.sort(cmp);
     const pages = Math.max(1, Math.ceil(rows.length / PAGE_ROWS));
     this.page = Math.min(Math.max(this.page, 0), pages - 1);
-    const shown = rows.slice(this.page * PAGE_ROWS, (this.page + 1) * PAGE_ROWS);
+    const page = rows.slice(this.page * PAGE_ROWS, (this.page + 1) * PAGE_ROWS);
     const table = document.getElementById("answers-table");
     table.dataset.rows = String(rows.length);
     setText(document.getElementById("answers-page"),
@@ -154,16 +165,15 @@ export class RunView {
     document.getElementById("answers-prev").disabled = this.page === 0;
     document.getElementById("answers-next").disabled = this.page >= pages - 1;
     // Rebuild the rows only when what they show changed (a long run adds rows off this page).
-    const signature = `${key}${dir}|${[...this.openImages]}|${shown.map((r) => `${r.item}@${r.seq}`)}`;
+    const signature = `${key}${dir}|${[...this.openImages]}|${page.map((r) => `${r.item}@${r.seq}`)}`;
     if (signature === this.shownSignature) return;
     this.shownSignature = signature;
     const tbody = document.querySelector("#answers-table tbody");
     const out = [];
-    for (const r of shown) {
-      const o = outcome(r);
-      out.push(h("tr", { dataset: { item: r.item, outcome: o } },
+    for (const r of page) {
+      out.push(h("tr", { dataset: { item: r.item, outcome: r.outcome, seq: r.seq } },
         ...COLUMNS.map(([k]) => h("td", { class: NUMERIC.has(k) ? "num" : k },
-          k === "outcome" ? o : NUMERIC.has(k) ? fmt(r[k], k === "score" ? 2 : 1) : String(r[k] ?? ""))),
+          NUMERIC.has(k) ? fmt(r[k], k === "score" ? 2 : 1) : shown(r, k))),
         h("td", {}, h("button", { class: "show-image", onclick: () => this.toggleImage(r.item) },
           this.openImages.has(r.item) ? "hide" : "show"))));
       if (this.openImages.has(r.item)) out.push(this.imageRow(r.item));
@@ -181,8 +191,8 @@ export class RunView {
   }
 
   imageRow(item) {
-    const state = this.model.state;
-    const url = withToken(`/api/runs/${encodeURIComponent(state.run)}/items/${encodeURIComponent(item)}/image`);
+    const run = this.model.row?.run ?? this.runParam;
+    const url = withToken(`/api/runs/${encodeURIComponent(run)}/items/${encodeURIComponent(item)}/image`);
     const cell = h("td", { colspan: COLUMNS.length + 1, class: "image-cell" });
     const img = h("img", { src: url, alt: `item ${item}` });
     img.addEventListener("error", () => cell.replaceChildren(h("span", { class: "image-missing" }, "image not available")));
