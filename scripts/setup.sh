@@ -11,10 +11,10 @@ setup_venv() {
   fi
   local stamp=".venv/.installed-$extras"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ agent/pyproject.toml -nt "$stamp" ]; then
-    echo "== installing vlmd[$extras] and vlmd-agent[hf] (torch CPU build)"
+    echo "== installing vlmd[$extras] and vlmd-agent[hf,parquet] (torch CPU build)"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/pip install -q 'torch==2.13.0'
-    .venv/bin/pip install -q -e './agent[hf]' -e ".[$extras]"
+    .venv/bin/pip install -q -e './agent[hf,parquet]' -e ".[$extras]"
     touch "$stamp"
   fi
 }

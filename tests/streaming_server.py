@@ -8,10 +8,12 @@ Run ``python tests/streaming_server.py``: it binds 127.0.0.1 on a free port and 
   empty-content chunk, then ``tokens`` content chunks, the first ``first_ms`` after the request
   arrived and the others ``gap_ms`` apart (absolute deadlines, so sleeps do not drift), then a
   usage chunk (``usage=1``, with ``completion_tokens = tokens``) and ``[DONE]``.
+  With ``text``, the content chunks are its words instead of ``t0 t1 ...`` (and ``tokens``
+  their number).
 - ``reasoning``: as ``stream``, but the first chunk carries ``reasoning_content`` only.
 - ``error`` (``status``, ``message``): an HTTP error with an OpenAI-style error body.
 - ``stall`` (``stall_ms``): a role-only chunk, then silence.
-- ``json``: a non-streamed completion.
+- ``json`` (``content``, default ``B``): a non-streamed completion.
 
 ``GET /last`` returns ``{"body": ..., "received_ns": ...}`` for the last completion request:
 what the client sent, and when its handler started by `time.perf_counter_ns`, which on Linux is
@@ -66,7 +68,7 @@ class ScriptedHandler(BaseHTTPRequestHandler):
                 error = {"message": text, "type": "scripted", "code": status}
                 self._json(status, {"error": error})
             elif mode == "json":
-                message = {"role": "assistant", "content": "B"}
+                message = {"role": "assistant", "content": params.get("content", "B")}
                 usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 1, "total_tokens": 43}
                 self._json(200, {"choices": [{"index": 0, "message": message}], "usage": usage})
             else:
@@ -104,13 +106,14 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         self._send(_chunk({"content": ""}))
         first = float(params.get("first_ms", "80")) / 1000.0
         gap = float(params.get("gap_ms", "20")) / 1000.0
-        tokens = int(params.get("tokens", "5"))
+        words = params["text"].split() if "text" in params else None
+        tokens = len(words) if words else int(params.get("tokens", "5"))
         for i in range(tokens):
             _sleep_until(t0 + first + i * gap)
             if mode == "reasoning" and i == 0:
                 self._send(_chunk({"reasoning_content": "think "}))
             else:
-                self._send(_chunk({"content": f"t{i} "}))
+                self._send(_chunk({"content": f"{words[i] if words else f't{i}'} "}))
         if params.get("usage", "1") == "1":
             usage = {
                 "prompt_tokens": PROMPT_TOKENS,

@@ -39,6 +39,10 @@ def agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     ([*BASE, "--extra-body", "[1, 2]"], "--extra-body"),
     ([*BASE, "--api-key-env", "sk-live-123"], "--api-key-env"),
     ([*BASE, "--server-metrics", "ftp://x"], "--server-metrics"),
+    ([*BASE, "--judge", "demo:tiny"], "--judge: bad judge 'demo:tiny'"),
+    ([*BASE, "--prompt-template", "mmbnech"], "--prompt-template: 'mmbnech' is neither"),
+    ([*BASE, "--prompt-template", "{hint}"], "--prompt-template: bad template: it needs"),
+    ([*BASE, "--columns", "qid"], "--columns: 'qid' is not field=column"),
 ])
 def test_a_bad_argument_is_one_line_naming_it_and_status_2(args: list[str], named: str) -> None:
     done = agent(*args, env=TOKEN_ENV)
@@ -93,3 +97,10 @@ def test_a_second_agent_on_the_same_spool_refuses_to_start(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "is another vlmd-agent running this shard?" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_evaluation_options_reach_the_wrapper() -> None:
+    cfg = config([*BASE, "--judge", "openai:j@http://127.0.0.1:9", "--prompt-template", "mmmu",
+                  "--columns", "id=qid"], TOKEN_ENV)
+    assert (cfg.wrapper.judge, cfg.wrapper.prompt_template, cfg.wrapper.columns) == (
+        "openai:j@http://127.0.0.1:9", "mmmu", "id=qid")

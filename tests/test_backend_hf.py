@@ -122,6 +122,21 @@ def test_bad_image_bytes_are_bad_input(tiny: HFBackend) -> None:
         assert "cannot decode image" in info.value.message
 
 
+def test_several_images_each_reach_the_model(tiny: HFBackend) -> None:
+    one = tiny.generate(REQUEST)
+    blue = (_png((10, 10, 200)), "image/png")
+    two = tiny.generate(Request(REQUEST.prompt, REQUEST.image, max_new_tokens=8,
+                                extra_images=(blue,)))
+    three = tiny.generate(Request(REQUEST.prompt, REQUEST.image, max_new_tokens=8,
+                                  extra_images=(blue, blue)))
+    assert one.input_tokens is not None and two.input_tokens is not None
+    per_image = two.input_tokens - one.input_tokens
+    assert per_image >= IMAGE_TOKENS_TINY  # the second image's tokens are in the prompt
+    assert three.input_tokens == one.input_tokens + 2 * per_image
+    with pytest.raises(BackendError, match="bad_input: cannot decode image 2"):
+        tiny.generate(Request(REQUEST.prompt, REQUEST.image, extra_images=((b"x", "image/png"),)))
+
+
 def test_the_backend_cap_limits_the_request_budget(models_dir: Path) -> None:
     backend = load_backend("demo:tiny", models_dir=models_dir, device="cpu", max_new_tokens=3)
     try:

@@ -91,6 +91,20 @@ def test_request_body_streams_with_usage_and_a_data_url(
     assert base64.b64decode(data) == REQUEST.image
 
 
+def test_several_images_go_in_order_before_the_prompt(
+    scripted: Factory, scripted_url: str
+) -> None:
+    gif = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+    request = Request("Same picture?", _png(), extra_images=((gif, "image/gif"),))
+    answer = scripted("stream?first_ms=1&gap_ms=1&text=No,%20they%20differ.").generate(request)
+    assert answer.text == "No, they differ." and answer.output_tokens == 3
+    first, second, text = httpx.get(f"{scripted_url}/last").json()["body"]["messages"][0][
+        "content"]
+    assert [part["type"] for part in (first, second, text)] == ["image_url", "image_url", "text"]
+    assert second["image_url"]["url"] == "data:image/gif;base64," + base64.b64encode(gif).decode()
+    assert text["text"] == "Same picture?"
+
+
 def test_ttft_and_tpot_match_the_injected_delays(scripted: Factory, scripted_url: str) -> None:
     backend = scripted("stream?first_ms=80&gap_ms=20&tokens=5")
     runs, transit = [], []

@@ -97,10 +97,18 @@ def test_prompts(tmp_path: Path) -> None:
         row(id="2", question="What animal is this?"),
     )
     mcq, short = load(path).items
-    assert mcq.prompt() == ("Hint: It is a fruit.\nQuestion: What colour is it?\nOptions:\n"
-                            "A. red\nB. blue\nAnswer with the option's letter.")
+    # lmms-eval's MMBench prompt, and its short-answer one
+    assert mcq.prompt() == ("It is a fruit. What colour is it? There are several options:\n"
+                            "A. red\nB. blue\n\n"
+                            "Answer with the option's letter from the given choices directly.")
     assert short.prompt() == ("What animal is this?\n"
                               "Answer the question using a single word or phrase.")
+    assert mcq.prompt("scienceqa") == ("Context: It is a fruit.\nWhat colour is it?\nA. red\n"
+                                       "B. blue\nAnswer with the option's letter from the given "
+                                       "choices directly.")
+    assert short.prompt("Q: {question} [{hint}]") == "Q: What animal is this? []"
+    assert mcq.prompt("{hint}\n{question}") == "It is a fruit.\nWhat colour is it?"
+    assert short.prompt("{hint}\n{question}") == "What animal is this?"
 
 
 def test_scorer_argument_overrides_every_item(tmp_path: Path) -> None:
@@ -224,10 +232,10 @@ def test_bad_tsv_names_the_line_and_field(tmp_path: Path, header: list[str],
 
 
 @pytest.mark.parametrize(("name", "content", "message"), [
-    ("data.csv", "id,question\n", "unknown format '.csv': expected .jsonl or .json (JSON Lines) "
-     "or .tsv (VLMEvalKit)"),
-    ("data", "", "unknown format '(no extension)': expected .jsonl or .json (JSON Lines) or "
-     ".tsv (VLMEvalKit)"),
+    ("data.csv", "id,question\n", "unknown format '.csv': expected .jsonl or .json (JSON Lines), "
+     ".tsv (VLMEvalKit), .parquet, .arrow, or a folder of them"),
+    ("data", "", "unknown format '(no extension)': expected .jsonl or .json (JSON Lines), .tsv "
+     "(VLMEvalKit), .parquet, .arrow, or a folder of them"),
     ("empty.jsonl", "\n\n", "no items"),
     ("empty.tsv", "", "no items"),
 ])

@@ -74,7 +74,7 @@ def test_manifest_records_the_recipe_and_every_file(built: Path) -> None:
     manifest = json.loads((folder / demo_models.MANIFEST).read_text())
     recipe = manifest["recipe"]
     assert recipe["name"] == "tiny"
-    assert recipe["recipe_version"] == demo_models.RECIPE_VERSION == 2
+    assert recipe["recipe_version"] == demo_models.RECIPE_VERSION == 3
     assert recipe["spec"]["image_size"] == 32
     assert recipe["spec"]["train"] == {
         "images": 600, "steps": 150, "batch_size": 8, "learning_rate": 3e-3

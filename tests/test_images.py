@@ -32,3 +32,28 @@ async def test_an_items_image_is_served_from_the_runs_dataset(daemon: Daemon,
     assert "no item 'nope'" in unknown.json()["error"]
     assert gone.status_code == 404
     assert "cannot be read" in gone.json()["error"]
+
+
+async def test_a_hub_items_images_are_served_by_number_with_the_runs_columns(
+        daemon: Daemon, tmp_path: Path) -> None:
+    from tests.test_datasets import GIF, PNG
+    from tests.test_hub_datasets import image, write_parquet
+
+    path = write_parquet(tmp_path / "custom.parquet", [
+        {"qid": "q1", "question": "Same?", "answer": "no", "pic": image(),
+         "pic2": image(GIF)}])
+    async with httpx.AsyncClient(base_url=daemon.url, headers=AUTH) as c:
+        await c.post("/api/events", json=[ev("r1", "run.submitted", {
+            "model": "demo:tiny", "dataset": str(path),
+            "config": {"columns": "id=qid,images=pic+pic2"}})])
+        first = await c.get("/api/runs/r1/items/q1/image")
+        second = await c.get("/api/runs/r1/items/q1/image?n=1")
+        third = await c.get("/api/runs/r1/items/q1/image?n=2")
+        bad = await c.get("/api/runs/r1/items/q1/image?n=-1")
+    assert (first.status_code, first.content, first.headers["content-type"]) == (
+        200, PNG, "image/png")
+    assert (second.status_code, second.content, second.headers["content-type"]) == (
+        200, GIF, "image/gif")
+    assert third.status_code == 404
+    assert third.json()["error"] == "item 'q1' has 2 image(s), not 3"
+    assert bad.status_code == 400

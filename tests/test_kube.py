@@ -63,6 +63,15 @@ def test_the_manifest_is_an_indexed_job_with_one_completion_index_per_shard() ->
                                                             "demo:instant")
 
 
+def test_evaluation_options_reach_the_pods() -> None:
+    job = manifest("--judge", "openai:j@http://judge.example:8000", "--prompt-template", "mmmu",
+                   "--columns", "id=qid")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    parsed = agent_cli.parser().parse_args(container["args"])
+    assert (parsed.judge, parsed.prompt_template, parsed.columns) == (
+        "openai:j@http://judge.example:8000", "mmmu", "id=qid")
+
+
 def test_the_token_comes_from_a_secret_and_every_pod_requests_its_gpus() -> None:
     container = manifest("--shards", "2", "--gpus-per-shard", "2", "--secret", "eval-token"
                          )["spec"]["template"]["spec"]["containers"][0]
@@ -104,7 +113,9 @@ def test_register_records_the_run_in_vlmd_before_any_pod_starts(
     assert (state["run"], state["model"], state["status"]) == (run, "demo:instant", "submitted")
 
 
-@pytest.mark.parametrize("bad", [["--shards", "0"], ["--model", "gpt4"], ["--name", "-x"]])
+@pytest.mark.parametrize("bad", [["--shards", "0"], ["--model", "gpt4"], ["--name", "-x"],
+                                 ["--judge", "demo:tiny"], ["--columns", "qid"],
+                                 ["--prompt-template", "{q}"]])
 def test_bad_launch_arguments_are_named(bad: list[str]) -> None:
     args = {"--model": "demo:instant", "--shards": "1", "--name": "ok"}
     args.update(dict(zip(bad[::2], bad[1::2], strict=True)))

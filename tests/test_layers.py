@@ -40,7 +40,7 @@ AGENT_LAYERS: dict[str, set[str]] = {
     "vlmd_agent.pipe": {"vlmd_agent.wire", "vlmd_agent.scoring", "vlmd_agent.outbox"},
     "vlmd_agent.outbox": {"vlmd_agent.wire"},
     "vlmd_agent.evaluate": {"vlmd_agent.wire", "vlmd_agent.catalog", "vlmd_agent.pipe",
-                            "vlmd_agent.outbox"},
+                            "vlmd_agent.outbox", "vlmd_agent.scoring"},
     "vlmd_agent.watch": {"vlmd_agent.wire", "vlmd_agent.catalog", "vlmd_agent.pipe",
                          "vlmd_agent.outbox", "vlmd_agent.scoring"},
     "vlmd_agent.scoring": set(),

@@ -28,8 +28,14 @@ def dataset(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(("body", "message"), [
     ({"model": "gpt:x"}, "model: expected openai:NAME@BASE_URL, hf:PATH or demo:NAME"),
     ({"model": "openai:m@ftp://x"}, "model: expected"),
-    ({"dataset": "/nonexistent/x.jsonl"}, "dataset: no such file '/nonexistent/x.jsonl'"),
-    ({"dataset": "../../../../etc"}, "dataset: no such file"),
+    ({"dataset": "/nonexistent/x.jsonl"},
+     "dataset: no dataset at '/nonexistent/x.jsonl' on the vlmd host: no such file"),
+    ({"dataset": "../../../../etc"}, "dataset: no dataset at '../../../../etc' on the vlmd host"),
+    ({"dataset": "/nonexistent/*.parquet"}, "the pattern matches no .parquet or .arrow file"),
+    ({"judge": "demo:tiny"}, "judge: bad judge 'demo:tiny': expected openai:NAME@BASE_URL"),
+    ({"judge": 3}, "judge: expected text of 1 to 4096 characters"),
+    ({"prompt_template": "{q}"}, "prompt_template: bad template: unknown field {q}"),
+    ({"columns": "colour=c"}, "columns: unknown field 'colour'"),
     ({"name": "../etc/passwd"}, "name: letters, digits"),
     ({"shards": 0}, "shards: expected an integer from 1 to 256"),
     ({"shards": "2"}, "shards: expected an integer"),
@@ -86,3 +92,28 @@ async def test_cancel_refuses_unknown_and_ended_runs(daemon: Daemon) -> None:
     assert unknown.status_code == 404
     assert ended.status_code == 409
     assert ended.json()["error"] == "run r1 is already finished"
+
+
+def test_evaluation_options_travel_from_the_submission_to_the_agents(tmp_path: Path) -> None:
+    from vlmd.config import Config
+    from vlmd.launch.launcher import LaunchSpec
+    from vlmd.launch.submit import parse, submitted_event
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "test-0.parquet").write_bytes(b"read by the agents, not here")
+    spec = parse({"model": "demo:instant", "dataset": str(folder / "*.parquet"),
+                  "prompt_template": "mmmu", "columns": "id=qid",
+                  "judge": "openai:judge@http://127.0.0.1:9/v1"})
+    event = submitted_event(spec)
+    assert {k: event["body"]["config"][k] for k in ("prompt_template", "columns", "judge")} == {
+        "prompt_template": "mmmu", "columns": "id=qid",
+        "judge": "openai:judge@http://127.0.0.1:9/v1"}
+    again = LaunchSpec.from_submitted(spec.run, event["body"])
+    args = again.agent_args("http://127.0.0.1:1", 0, Config())
+    assert args[args.index("--dataset") + 1] == str(folder / "*.parquet")
+    assert args[args.index("--prompt-template") + 1] == "mmmu"
+    assert args[args.index("--columns") + 1] == "id=qid"
+    assert args[args.index("--judge") + 1] == "openai:judge@http://127.0.0.1:9/v1"
+    plain = LaunchSpec.from_submitted(spec.run, {"model": "demo:instant", "dataset": "d.jsonl"})
+    assert "--judge" not in plain.agent_args("http://127.0.0.1:1", 0, Config())

@@ -30,7 +30,7 @@ def _png() -> bytes:
 
 def _item(image: bytes, answer: str | tuple[str, ...] = "A") -> Item:
     return Item(id="7", question="What colour?", image=image, image_mime="image/png",
-                answer=answer, choices=CHOICES, hint=None, category=None, scorer="mcq")
+                answer=answer, choices=CHOICES, hint=None, category="colour", scorer="mcq")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ def test_a_completed_item_is_a_valid_event_with_every_field_in_order(shard: str 
                                                            "item.completed")
     assert before <= event["ts"] <= time.time()
     body: dict[str, Any] = event["body"]
-    head = ["item", "question", "expected", *(["shard"] if shard else []), "answer", "score"]
+    head = ["item", "question", "expected", *(["shard"] if shard else []), "scorer", "options",
+            "category", "answer", "score"]
     assert list(body) == [*head, "ttft_ms", "tpot_ms", "e2e_ms", "input_tokens",
                           "output_tokens", "vram_before_mb", "vram_peak_delta_mb",
                           "tokens_source", "vram_source", "vram_note", "itl_ms",
@@ -62,6 +63,7 @@ def test_a_completed_item_is_a_valid_event_with_every_field_in_order(shard: str 
     assert (body["item"], body["question"], body["expected"]) == ("7", "What colour?",
                                                                   ["A", "B"])
     assert body.get("shard") == shard
+    assert (body["scorer"], body["options"], body["category"]) == ("mcq", CHOICES, "colour")
     assert body["score"] == (1.0 if body["answer"] in ("A", "B") else 0.0)
     assert body["choice"] == body["answer"]  # demo:instant answers with a letter
     assert body["output_tokens"] == 4 and len(body["itl_ms"]) == 3
@@ -83,6 +85,7 @@ def test_an_item_the_backend_refuses_is_a_failed_event_with_a_fresh_key(tiny: Ba
     assert wire.event_errors(first, 0, time.time()) == []
     assert first["kind"] == "item.failed"
     assert first["key"].startswith("r-ev/item/7/failed/3-") and first["key"] != again["key"]
-    assert list(first["body"]) == ["item", "question", "expected", "shard", "reason", "message"]
+    assert list(first["body"]) == ["item", "question", "expected", "shard", "scorer", "options",
+                                   "category", "reason", "message"]
     assert (first["body"]["shard"], first["body"]["reason"]) == ("0/2", "bad_input")
 

@@ -93,6 +93,22 @@ class ItemOutcome(Body, kw_only=True, frozen=True):
     vram_peak_delta_mb: Annotated[Number | None, doc("Peak GPU memory during the request minus "
                                                      "before it (negative: memory freed)",
                                                      "MiB")] = None
+    scorer: Annotated[Annotated[str, Meta(max_length=16)] | None,
+                      doc("The scorer that grades the item: mcq, vqa, anls, relaxed or exact "
+                          "(docs/SCORING.md)")] = None
+    options: Annotated[dict[str, str] | None, doc("A multiple-choice item's options, letter -> "
+                                                  "text")] = None
+    hint: Annotated[Text | None, doc("The item's hint (context) shown with the question")
+                    ] = None
+    category: Annotated[Text | None, doc("The item's category in its benchmark (MMBench's "
+                                         "ability, ScienceQA's category, MMMU's subject)")] = None
+    l2_category: Annotated[Text | None, doc("The coarser category above it (MMBench's "
+                                            "l2-category, ScienceQA's subject)")] = None
+    split: Annotated[Text | None, doc("The benchmark split the item comes from (dev, test)")
+                     ] = None
+    circular_group: Annotated[Annotated[str, Meta(max_length=MAX_ID)] | None,
+                              doc("In a circular file (CircularEval), the question this "
+                                  "rotation belongs to: its index modulo 1,000,000")] = None
 
 
 class ItemCompleted(ItemOutcome, kw_only=True, frozen=True):
@@ -136,6 +152,13 @@ class ItemCompleted(ItemOutcome, kw_only=True, frozen=True):
     server_waiting: Annotated[Count | None,
                               doc("Requests waiting in the engine's queue, at most, during the "
                                   "request")] = None
+    choice: Annotated[Annotated[str, Meta(pattern=r"^[A-Z]$")] | None,
+                      doc("The option letter read from a multiple-choice answer (by the rules "
+                          "or the judge)")] = None
+    unparsed: Annotated[bool | None, doc("True when no rule (nor judge) could tell which option "
+                                         "the answer picks: it scores 0, never a guess")] = None
+    judged: Annotated[bool | None, doc("True when a judge's verdict (item.judged) decided the "
+                                       "score")] = None
 
 
 class ItemFailed(ItemOutcome, kw_only=True, frozen=True):
@@ -143,6 +166,22 @@ class ItemFailed(ItemOutcome, kw_only=True, frozen=True):
 
     reason: Annotated[FailReason, doc("Why: oom, timeout, backend_error or bad_input")]
     message: Annotated[Text, doc("What went wrong, for a person")]
+
+
+class ItemJudged(Body, kw_only=True, frozen=True):
+    """``item.judged``: a judge model read a multiple-choice answer the rules could not
+    (``--judge``); the item's ``item.completed`` follows its verdict."""
+
+    item: Annotated[ItemId, doc("Dataset item id")]
+    judge: Annotated[Annotated[str, Meta(max_length=1024)], doc("The judge's model SPEC "
+                                                                "(openai:NAME@URL)")]
+    prompt: Annotated[Text, doc("What the judge was asked")]
+    reply: Annotated[Text | None, doc("The judge's reply, as it came")] = None
+    letter: Annotated[Annotated[str, Meta(pattern=r"^[A-Z]$")] | None,
+                      doc("The option letter read from the reply (Z: no option matches); "
+                          "none when the reply names none")] = None
+    error: Annotated[Text | None, doc("Why the judge gave no reply, when it did not")] = None
+    shard: Annotated[Shard | None, doc("The agent's shard (i/n) that asked")] = None
 
 
 class Gpu(Body, kw_only=True, frozen=True):
@@ -320,6 +359,7 @@ KINDS: dict[str, type[Body]] = {
     "run.started": RunStarted,
     "item.completed": ItemCompleted,
     "item.failed": ItemFailed,
+    "item.judged": ItemJudged,
     "watchdog.sample": WatchdogSample,
     "watchdog.heartbeat": Heartbeat,
     "run.phase": RunPhase,

@@ -33,6 +33,8 @@ import httpx
 import trio
 
 from vlmd_agent import wire
+from vlmd_agent.evaluate import judge, prompts
+from vlmd_agent.evaluate.schemas import parse_columns
 from vlmd_agent.outbox.spool import Outbox
 from vlmd_agent.pipe import WrapperConfig, open_outbox
 from vlmd_agent.watch.detect import signal_name
@@ -121,7 +123,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url", required=True, help="vlmd's base URL, e.g. http://127.0.0.1:8470")
     p.add_argument("--run", required=True, help="the run id vlmd made")
     p.add_argument("--model", required=True, help="model SPEC (openai:, hf:, demo:)")
-    p.add_argument("--dataset", required=True, help="JSONL or VLMEvalKit TSV file")
+    p.add_argument("--dataset", required=True,
+                   help="JSONL or VLMEvalKit TSV file, parquet file, folder of parquet shards, "
+                        "glob of them, or datasets.save_to_disk folder")
+    p.add_argument("--columns", help="field=column,... for a file whose columns vlmd does not "
+                                     "know (fields: id, question, answer, image, images, "
+                                     "choices, hint, category, l2_category, split, scorer; "
+                                     "schema=NAME)")
+    p.add_argument("--prompt-template",
+                   help="a template family (mmbench, mmmu, scienceqa, ai2d, chartqa, docvqa, "
+                        "infovqa, textvqa, short) or a template with {question}, {options}, "
+                        "{hint}")
+    p.add_argument("--judge", help="openai:NAME@BASE_URL: a model that reads the "
+                                   "multiple-choice answers the rules cannot")
     p.add_argument("--shard", help="this agent's share, i/n (default: everything)")
     p.add_argument("--limit", type=_count, help="at most this many items of the share")
     p.add_argument("--max-new-tokens", type=_tokens, default=32)
@@ -194,12 +208,22 @@ def config(argv: Sequence[str] | None = None,
     if env.get("VLMD_CGROUP_DIR"):
         directory = Path(env["VLMD_CGROUP_DIR"])
         cgroup = CgroupPaths(1 if (directory / "memory.usage_in_bytes").exists() else 2, directory)
+    for name, check in (("--columns", parse_columns), ("--prompt-template", prompts.check),
+                        ("--judge", judge.check)):
+        value = getattr(args, name[2:].replace("-", "_"))
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as e:
+                p.error(f"argument {name}: {e}")
     wrapper = WrapperConfig(url=args.url.rstrip("/"), run=args.run, model=args.model,
                             dataset=args.dataset, spool=spool, shard=args.shard,
                             limit=args.limit, max_new_tokens=args.max_new_tokens,
                             device=args.device, concurrency=args.concurrency, rate=args.rate,
                             temperature=args.temperature, system_prompt=args.system_prompt,
-                            extra_body=args.extra_body, api_key_env=args.api_key_env)
+                            extra_body=args.extra_body, api_key_env=args.api_key_env,
+                            prompt_template=args.prompt_template, columns=args.columns,
+                            judge=args.judge)
     return WatchdogConfig(
         wrapper, token, interval_s=args.interval_s, heartbeat_s=args.heartbeat_s,
         hang_after_s=args.hang_after_s, loading_hang_s=args.loading_hang_s,

@@ -47,7 +47,9 @@ OUTBOX_BATCH_MAX = 500
 
 @dataclass(frozen=True)
 class WrapperConfig:
-    """What one wrapper process runs: the run, its model and dataset share, and where to report."""
+    """What one wrapper process runs: the run, its model and dataset share, and where to report;
+    ``prompt_template`` (`vlmd_agent.evaluate.prompts`), ``columns`` (the ``--columns`` text)
+    and ``judge`` (a judge model's SPEC) as the command line gave them."""
 
     url: str
     run: str
@@ -65,6 +67,9 @@ class WrapperConfig:
     system_prompt: str | None = None
     extra_body: dict[str, Any] | None = None
     api_key_env: str | None = None  # the variable's name; its value never leaves the process
+    prompt_template: str | None = None
+    columns: str | None = None
+    judge: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

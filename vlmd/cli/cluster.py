@@ -83,6 +83,10 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="vlmd's URL as pods reach it (default: launcher.agent_url)")
     p.add_argument("--register", action="store_true",
                    help="record the run in vlmd now (model, dataset, shards, name)")
+    p.add_argument("--columns", help="field=column,... for columns vlmd does not know")
+    p.add_argument("--prompt-template", help="a prompt family or a template with {question}")
+    p.add_argument("--judge", help="openai:NAME@BASE_URL: a model that reads the "
+                                   "multiple-choice answers the rules cannot")
 
 
 @command("launch", _launch_args)
@@ -108,10 +112,18 @@ def cmd_launch(args: argparse.Namespace, config: Config) -> int:
     if args.name is not None and not wire.RUN_RE.fullmatch(args.name):
         raise CliError("--name: letters, digits, '.', '_', '-', ':', starting with one of the "
                        "first two")
+    try:
+        evaluation = submit.evaluation_options({"prompt_template": args.prompt_template,
+                                                "columns": args.columns, "judge": args.judge})
+    except submit.SubmitError as e:
+        option, _, why = str(e).partition(": ")
+        raise CliError(f"--{option.replace('_', '-')}: {why}") from None
     url = (args.url or config.launcher.agent_url or config.url).rstrip("/")
     spec = LaunchSpec(run=wire.new_run_id(), model=args.model, dataset=args.dataset,
                       shards=args.shards, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                      options={"name": args.name} if args.name else {})
+                      options={"name": args.name} if args.name else {},
+                      prompt_template=evaluation.get("prompt_template"),
+                      columns=evaluation.get("columns"), judge=evaluation.get("judge"))
     gpus = args.gpus_per_shard if args.gpus_per_shard is not None else (
         config.launcher.gpus_per_shard or 1)
     doc = kube.manifest(spec, url, config, image=args.image, secret=args.secret,

@@ -23,6 +23,7 @@ from vlmd.cli.follow import follow, report_table
 from vlmd.config import Config
 from vlmd.daemon.serve import serve
 from vlmd.launch.launcher import LocalLauncher
+from vlmd.launch.submit import SubmitError, evaluation_options
 
 DEMO_MODELS = ("demo:tiny", "demo:small")
 
@@ -71,7 +72,15 @@ async def run_one(client: Client, body: dict[str, Any], out_dir: Path) -> dict[s
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="openai:NAME@BASE_URL, hf:PATH or demo:NAME")
-    p.add_argument("--dataset", required=True, help="JSONL or VLMEvalKit TSV file")
+    p.add_argument("--dataset", required=True,
+                   help="JSONL or VLMEvalKit TSV file, parquet file, folder of parquet shards "
+                        "(or a glob of them), or datasets.save_to_disk folder")
+    p.add_argument("--columns", help="field=column,... for columns vlmd does not know "
+                                     "(docs/DATASETS.md)")
+    p.add_argument("--prompt-template", help="a prompt family (mmbench, mmmu, ...) or a "
+                                             "template with {question}, {options}, {hint}")
+    p.add_argument("--judge", help="openai:NAME@BASE_URL: a model that reads the "
+                                   "multiple-choice answers the rules cannot")
     p.add_argument("--name", help="a human name for the run")
     p.add_argument("--limit", type=int, help="evaluate only the first N items")
     p.add_argument("--shards", type=int, default=1, help="agents to split the items over")
@@ -118,11 +127,19 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         vlmd run --model demo:tiny --dataset demo.jsonl --name tiny-check --limit 50
         vlmd run --model openai:qwen2-vl@http://127.0.0.1:8000/v1 --dataset mmbench.tsv \\
             --concurrency 32 --api-key-env VLLM_KEY --extra-body '{"top_k": 1}'
+        vlmd run --model openai:qwen2-vl@http://127.0.0.1:8000 --dataset mmbench_dev/ \\
+            --judge openai:qwen2.5-7b@http://127.0.0.1:8001
     """
     body = {"model": args.model, "dataset": str(Path(args.dataset).resolve()),
             "shards": args.shards, "max_new_tokens": args.max_new_tokens,
             "on_hang": args.on_hang, **serving_body(args)}
     body.update({k: v for k, v in (("name", args.name), ("limit", args.limit)) if v is not None})
+    try:
+        body.update(evaluation_options({"prompt_template": args.prompt_template,
+                                        "columns": args.columns, "judge": args.judge}))
+    except SubmitError as e:
+        option, _, why = str(e).partition(": ")
+        raise CliError(f"--{option.replace('_', '-')}: {why}") from None
 
     async def main() -> dict[str, Any]:
         async with connect(config) as (client, _):

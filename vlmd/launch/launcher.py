@@ -32,6 +32,9 @@ SERVING = ("concurrency", "rate", "temperature", "system_prompt", "extra_body", 
 """The serving options of a run (``vlmd-agent --concurrency`` ...), as submitted."""
 RESTART_DELAY_S = 1.0
 Append = Callable[[list[dict[str, Any]]], Awaitable[object]]
+EVALUATION_OPTIONS = ("prompt_template", "columns", "judge")
+"""How the agents read the dataset and score it, passed on as ``--prompt-template``,
+``--columns`` and ``--judge`` when set."""
 
 
 class LaunchError(RuntimeError):
@@ -52,6 +55,9 @@ class LaunchSpec:
     on_hang: str = "report"
     options: dict[str, Any] = field(default_factory=dict)
     serving: dict[str, Any] = field(default_factory=dict)  # `SERVING` options that are set
+    prompt_template: str | None = None
+    columns: str | None = None
+    judge: str | None = None
 
     @classmethod
     def from_submitted(cls, run: str, body: dict[str, Any]) -> LaunchSpec:
@@ -62,7 +68,8 @@ class LaunchSpec:
                    max_new_tokens=cfg.get("max_new_tokens") or 32,
                    device=cfg.get("device") or "auto", on_hang=cfg.get("on_hang") or "report",
                    options={"name": body["name"]} if body.get("name") else {},
-                   serving={k: cfg[k] for k in SERVING if cfg.get(k) is not None})
+                   serving={k: cfg[k] for k in SERVING if cfg.get(k) is not None},
+                   **{k: cfg.get(k) for k in EVALUATION_OPTIONS})
 
     def agent_args(self, url: str, shard: int, config: Config) -> list[str]:
         """The ``vlmd-agent`` arguments of one shard (the token travels in the environment)."""
@@ -79,6 +86,9 @@ class LaunchSpec:
         for key, value in self.serving.items():
             text = json.dumps(value) if isinstance(value, dict) else str(value)
             args += [f"--{key.replace('_', '-')}", text]
+        for name in EVALUATION_OPTIONS:
+            if (value := getattr(self, name)) is not None:
+                args += [f"--{name.replace('_', '-')}", value]
         return args
 
 

@@ -7,16 +7,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vlmd.launch.launcher import SERVING, LaunchSpec
+from vlmd.launch.launcher import EVALUATION_OPTIONS, SERVING, LaunchSpec
 from vlmd_agent import wire
+from vlmd_agent.evaluate import datasets
 
 MODEL_RE = re.compile(r"(openai:[^@\s]+@https?://\S+|hf:\S+|demo:[A-Za-z0-9_.:-]+)")
+JUDGE_RE = re.compile(r"openai:[^@\s]+@https?://\S+")
 LIMITS = {"shards": (1, 256), "limit": (1, 10_000_000), "max_new_tokens": (1, 32_768),
           "concurrency": (1, 1024)}
 FIELDS = {"model", "dataset", "name", "shards", "limit", "max_new_tokens", "device", "on_hang",
-          *SERVING}
+          *SERVING, *EVALUATION_OPTIONS}
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_TEXT = 65_536
+MAX_OPTION = 4096
 # what only a served model's requests carry (concurrency and rate work with any model)
 SERVED_ONLY = ("temperature", "system_prompt", "extra_body", "api_key_env")
 
@@ -27,11 +30,13 @@ class SubmitError(ValueError):
 
 def parse(body: Any) -> LaunchSpec:
     """Check a submission (``model``, ``dataset``, optional ``name``, ``shards``, ``limit``,
-    ``max_new_tokens``, ``device``, ``on_hang``, and the serving options: ``concurrency`` and
-    those of `serving_options`) and build its spec with a new run id.
+    ``max_new_tokens``, ``device``, ``on_hang``, the serving options: ``concurrency`` and
+    those of `serving_options`, and the evaluation options: ``prompt_template``, ``columns``,
+    ``judge``) and build its spec with a new run id.
 
-    The dataset must be a file on this host (the local launcher's agents read it); its path is
-    made absolute. Raises SubmitError naming the first bad field.
+    The dataset must be on this host (the local launcher's agents read it): a file, a folder of
+    parquet or arrow files, or a glob of them; its path is made absolute. Raises SubmitError
+    naming the first bad field.
     """
     if not isinstance(body, dict):
         raise SubmitError("body must be a JSON object")
@@ -43,10 +48,16 @@ def parse(body: Any) -> LaunchSpec:
         raise SubmitError("model: expected openai:NAME@BASE_URL, hf:PATH or demo:NAME")
     dataset = body.get("dataset")
     if not isinstance(dataset, str) or not dataset or "\0" in dataset:
-        raise SubmitError("dataset: expected the path of a JSONL or TSV file")
+        raise SubmitError("dataset: expected the path of a dataset file or folder")
     path = Path(dataset).expanduser().resolve()
-    if not path.is_file():
-        raise SubmitError(f"dataset: no such file {dataset!r} on the vlmd host")
+    try:
+        files = datasets.source_files(path)
+    except datasets.DatasetError as e:
+        raise SubmitError(f"dataset: no dataset at {dataset!r} on the vlmd host: "
+                          f"{e.problem}") from None
+    if not all(f.is_file() for f in files):
+        raise SubmitError(f"dataset: no dataset at {dataset!r} on the vlmd host: no such file")
+    evaluation = evaluation_options(body)
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or not wire.RUN_RE.fullmatch(name)):
         raise SubmitError("name: letters, digits, '.', '_', '-', ':' (at most 128), "
@@ -73,7 +84,7 @@ def parse(body: Any) -> LaunchSpec:
                       shards=numbers.get("shards", 1), limit=numbers.get("limit"),
                       max_new_tokens=numbers.get("max_new_tokens", 32), device=device,
                       on_hang=on_hang, options={"name": name} if name else {},
-                      serving=serving)
+                      serving=serving, **evaluation)
 
 
 def serving_options(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -122,13 +133,40 @@ def serving_options(body: dict[str, Any], model: str) -> dict[str, Any]:
     return found
 
 
+def evaluation_options(body: dict[str, Any]) -> dict[str, str]:
+    """The submission's `EVALUATION_OPTIONS` that are set, each checked as the agent would;
+    SubmitError naming the first bad one."""
+    checks = {"prompt_template": datasets.check_template, "columns": datasets.parse_columns,
+              "judge": _judge}
+    found: dict[str, str] = {}
+    for name in EVALUATION_OPTIONS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value or len(value) > MAX_OPTION:
+            raise SubmitError(f"{name}: expected text of 1 to {MAX_OPTION} characters")
+        try:
+            checks[name](value)
+        except ValueError as e:
+            raise SubmitError(f"{name}: {e}") from None
+        found[name] = value
+    return found
+
+
+def _judge(spec: str) -> None:
+    if not JUDGE_RE.fullmatch(spec):
+        raise ValueError(f"bad judge {spec!r}: expected openai:NAME@BASE_URL (any "
+                         "OpenAI-compatible server)")
+
+
 def submitted_event(spec: LaunchSpec) -> dict[str, Any]:
     """The ``run.submitted`` envelope that records the submission in the log."""
     body: dict[str, Any] = {
         "model": spec.model, "dataset": spec.dataset, "shards": spec.shards,
         "config": {"limit": spec.limit, "max_new_tokens": spec.max_new_tokens,
                    "device": spec.device, "on_hang": spec.on_hang, "launcher": "local",
-                   **spec.serving}}
+                   **spec.serving,
+                   **{k: v for k in EVALUATION_OPTIONS if (v := getattr(spec, k)) is not None}}}
     if spec.options.get("name"):
         body["name"] = spec.options["name"]
     return wire.envelope(spec.run, "run.submitted", body, key=f"{spec.run}/submitted")

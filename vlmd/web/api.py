@@ -242,10 +242,20 @@ class Api:
                       "head": self.live.head})
 
     async def item_image(self, request: Request) -> Response:
+        """An item's image (``?n=`` picks one of several, from 0), read as the run's agents
+        read the dataset (with the run's ``--columns``)."""
         state = self.run_state(request.path_params["run"])
+        n = request.query_params.get("n", "0")
+        if not n.isdigit() or len(n) > 3:
+            raise ApiError(400, f"n must be an image number from 0, not {n[:40]!r}")
+        log = self.live.log
+        submitted = await trio.to_thread.run_sync(
+            lambda: next(log.read(run=state.run, kinds=["run.submitted"], limit=1), None))
+        columns = LaunchSpec.from_submitted(state.run, submitted.body).columns if (
+            submitted is not None) else None
         try:
             data, mime = await trio.to_thread.run_sync(
-                images.item_image, state.dataset, request.path_params["item"])
+                images.item_image, state.dataset, request.path_params["item"], int(n), columns)
         except images.ImageNotFound as e:
             raise ApiError(404, str(e)) from None
         return Response(data, media_type=mime, headers={"cache-control": "max-age=3600"})

@@ -1,48 +1,51 @@
-"""Dataset readers: JSON Lines and VLMEvalKit TSV files, validated in full before a run starts.
+"""Datasets: JSON Lines, VLMEvalKit TSV and hub formats (parquet, ``save_to_disk`` folders),
+validated in full before a run starts.
 
 `load` reads every item, decodes every image and checks every field up front, so a bad row is
 reported before the model is loaded rather than on item 900. Each problem is a `DatasetError`
-naming the file, the line and the field, e.g. ``data.jsonl:7: image: no such file 'img/7.png'``.
+naming the file, the line (or row) and the field, e.g. ``data.jsonl:7: image: no such file
+'img/7.png'``. Formats: `readers` (JSONL, TSV), `hub` and `schemas` (parquet and arrow, with
+the built-in column mappings of MMBench, MMMU, ChartQA, DocVQA, InfoVQA, TextVQA, ScienceQA and
+AI2D); prompts: `prompts`.
+
+Circular files (VLMEvalKit's CircularEval convention): when an item's integer id is 1,000,000 or
+more, the file holds rotated copies of questions (id + k x 1,000,000), and every item with an
+integer id belongs to the group ``id % 1,000,000``.
 """
 
 from __future__ import annotations
 
-import ast
-import base64
-import binascii
-import contextlib
-import csv
-import io
-import json
 import os
-import re
-import sys
-import urllib.parse
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from vlmd_agent.evaluate import hub, prompts, readers
+from vlmd_agent.evaluate.prompts import check as check_template
+from vlmd_agent.evaluate.readers import DatasetError, Where
+from vlmd_agent.evaluate.schemas import parse_columns
 from vlmd_agent.wire import MAX_ID
 
+__all__ = ["CIRCULAR_STEP", "SCORERS", "Dataset", "DatasetError", "Item", "check_template",
+           "load", "parse_columns", "shard", "source_files"]
+
 SCORERS = ("mcq", "exact", "vqa", "anls", "relaxed")
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-MCQ_INSTRUCTION = "Answer with the option's letter."
-SHORT_INSTRUCTION = "Answer the question using a single word or phrase."
+CIRCULAR_STEP = 1_000_000
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-_REQUIRED = ("id", "image", "question", "answer")
-_TSV_REQUIRED = ("index", "image", "question", "answer")
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
           (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
-_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
 class Item:
-    """One question about one image, with its reference answer and the scorer that grades it.
+    """One question about one or more images, with its reference answer and its scorer.
 
     ``answer`` is a tuple when there are several references (VQA accuracy, ANLS); for ``mcq`` it
     is the letter of the right option in ``choices`` (letter -> option text, in letter order).
+    ``image`` is the first image; ``extra_images`` the others (MMMU), each (bytes, MIME type).
+    ``family`` names the benchmark's prompt (`prompts.FAMILIES`), ``circular_group`` the
+    question a rotated copy belongs to.
     """
 
     id: str
@@ -54,22 +57,39 @@ class Item:
     hint: str | None
     category: str | None
     scorer: str
+    l2_category: str | None = None
+    split: str | None = None
+    family: str | None = None
+    circular_group: str | None = None
+    extra_images: tuple[tuple[bytes, str], ...] = ()
 
-    def prompt(self) -> str:
-        """The text prompt: the hint, the question, the options as ``A. red`` lines, and how
-        to answer (the option's letter for ``mcq``, a word or phrase otherwise)."""
-        lines = [f"Hint: {self.hint}"] if self.hint else []
-        lines.append(f"Question: {self.question}" if self.choices else self.question)
+    @property
+    def images(self) -> tuple[tuple[bytes, str], ...]:
+        """Every image as (bytes, MIME type), the first one first."""
+        return ((self.image, self.image_mime), *self.extra_images)
+
+    def prompt(self, template: str | None = None) -> str:
+        """The text prompt: `template` (a family's name or a template, see `prompts`), else
+        the item's family's, else its scorer's default."""
+        return prompts.render(template, family=self.family, scorer=self.scorer,
+                              question=self.question, choices=self.choices, hint=self.hint)
+
+    def metadata(self) -> dict[str, Any]:
+        """What the item's events carry besides the answer: its scorer, and its options,
+        hint, category, l2_category, split and circular group where it has them."""
+        found: dict[str, Any] = {"scorer": self.scorer}
         if self.choices:
-            lines.append("Options:")
-            lines.extend(f"{letter}. {text}" for letter, text in self.choices.items())
-        lines.append(MCQ_INSTRUCTION if self.scorer == "mcq" else SHORT_INSTRUCTION)
-        return "\n".join(lines)
+            found["options"] = dict(self.choices)
+        for name in ("hint", "category", "l2_category", "split", "circular_group"):
+            if (value := getattr(self, name)) is not None:
+                found[name] = value
+        return found
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A loaded, fully validated dataset: its name (the file's stem), path and items."""
+    """A loaded, fully validated dataset: its name (the file's or folder's stem), path and
+    items."""
 
     name: str
     path: Path
@@ -79,24 +99,15 @@ class Dataset:
         return len(self.items)
 
 
-class DatasetError(ValueError):
-    """A dataset file is unusable; the message names the file, the line, the field and why."""
+def load(path: str | os.PathLike[str], *, scorer: str | None = None,
+         columns: Mapping[str, str] | None = None) -> Dataset:
+    """Read and validate a whole dataset; ``scorer`` overrides every item's scorer; ``columns``
+    (`schemas.parse_columns`) names the columns that hold vlmd's fields.
 
-    def __init__(self, path: str | os.PathLike[str], line: int | None, field: str | None,
-                 problem: str) -> None:
-        self.path, self.line, self.field, self.problem = str(path), line, field, problem
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
-
-    def __reduce__(self) -> tuple[type[DatasetError], tuple[str, int | None, str | None, str]]:
-        return DatasetError, (self.path, self.line, self.field, self.problem)
-
-
-def load(path: str | os.PathLike[str], *, scorer: str | None = None) -> Dataset:
-    """Read and validate a whole dataset; ``scorer`` overrides every item's scorer.
-
-    The format follows the extension: ``.jsonl``/``.json``/``.ndjson`` are JSON Lines (one
-    object per line), ``.tsv`` is a VLMEvalKit TSV with base64 images.
+    The format follows the path: ``.jsonl``/``.json``/``.ndjson`` are JSON Lines (one object
+    per line), ``.tsv`` is a VLMEvalKit TSV with base64 images; ``.parquet``, ``.arrow``, a
+    folder (of parquet shards, or saved by ``datasets.save_to_disk``) or a glob pattern of
+    parquet files are hub formats (`hub`).
 
     Raises:
         DatasetError: the file is missing, in an unknown format, or any item is invalid.
@@ -105,29 +116,43 @@ def load(path: str | os.PathLike[str], *, scorer: str | None = None) -> Dataset:
     if scorer is not None and scorer not in SCORERS:
         raise ValueError(f"unknown scorer {scorer!r}; expected one of {', '.join(SCORERS)}")
     where = Path(path)
+    renames = {k: v for k, v in (columns or {}).items() if k != "schema"}
     suffix = where.suffix.lower()
-    if suffix not in (*_JSONL_SUFFIXES, ".tsv"):
+    rows: Iterable[tuple[Where, dict[str, Any]]]
+    if suffix in (*_JSONL_SUFFIXES, ".tsv"):
+        text = _text(where)
+        rows = ((Where(path, n), f) for n, f in (
+            readers.read_tsv(path, text, renames) if suffix == ".tsv"
+            else readers.read_jsonl(path, text, renames)))
+    elif hub.is_hub(where):
+        rows = hub.read(where, columns or {})
+    else:
         raise DatasetError(path, None, None, f"unknown format {suffix or '(no extension)'!r}: "
-                           "expected .jsonl or .json (JSON Lines) or .tsv (VLMEvalKit)")
-    try:
-        text = where.read_text(encoding="utf-8-sig")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise DatasetError(path, None, None, "no such file") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(path, None, None, f"not UTF-8 text (byte {e.start})") from None
-    rows = _read_tsv(path, text) if suffix == ".tsv" else _read_jsonl(path, text)
+                           "expected .jsonl or .json (JSON Lines), .tsv (VLMEvalKit), .parquet, "
+                           ".arrow, or a folder of them")
     items: list[Item] = []
-    seen: dict[str, int] = {}
-    for line, fields in rows:
-        item = _item(_Where(path, line), fields, scorer)
+    seen: dict[str, Where] = {}
+    for at, fields in rows:
+        item = _item(at, fields, scorer)
         if item.id in seen:
-            raise DatasetError(path, line, "id", f"duplicate id {item.id!r} (first on line "
-                               f"{seen[item.id]})")
-        seen[item.id] = line
+            first = seen[item.id]
+            place = (f"line {first.line}" if first.path == at.path
+                     else f"{os.fspath(first.path)}:{first.line}")
+            at.fail("id", f"duplicate id {item.id!r} (first on {place})")
+        seen[item.id] = at
         items.append(item)
     if not items:
         raise DatasetError(path, None, None, "no items")
-    return Dataset(name=where.stem, path=where, items=tuple(items))
+    return Dataset(name=where.stem or where.name, path=where, items=_circular(items))
+
+
+def source_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a dataset is read from (one, or a hub dataset's shards); DatasetError when a
+    hub dataset has none. Use their modification times to tell a changed dataset."""
+    where = Path(path)
+    if where.suffix.lower() in (*_JSONL_SUFFIXES, ".tsv") or not hub.is_hub(where):
+        return [where]
+    return hub.files(where)
 
 
 def shard(items: Sequence[Item], index: int, count: int) -> tuple[Item, ...]:
@@ -137,161 +162,37 @@ def shard(items: Sequence[Item], index: int, count: int) -> tuple[Item, ...]:
     return tuple(items[index::count])
 
 
-@dataclass(frozen=True)
-class _Where:
-    path: str | os.PathLike[str]
-    line: int
-
-    def fail(self, field: str | None, problem: str) -> NoReturn:
-        raise DatasetError(self.path, self.line, field, problem)
-
-
-def _read_jsonl(path: str | os.PathLike[str], text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    base = Path(path).parent
-    # split on "\n" only: JSON strings may hold U+2028, which str.splitlines() would split on
-    for number, raw in enumerate(text.split("\n"), 1):
-        if not raw.strip():
-            continue
-        where = _Where(path, number)
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            hint = "; expected one JSON object per line" if raw.strip() in "[{" else ""
-            where.fail(None, f"bad JSON at column {e.colno}: {e.msg}{hint}")
-        except (ValueError, RecursionError) as e:  # a 5,000-digit number, nesting too deep
-            where.fail(None, f"bad JSON: {str(e)[:200]}")
-        if not isinstance(obj, dict):
-            where.fail(None, f"expected a JSON object, got {type(obj).__name__}")
-        for name in _REQUIRED:
-            if name not in obj:
-                where.fail(name, "missing field")
-        if not isinstance(obj["image"], str):
-            where.fail("image", "expected a path or a data: URL")
-        letters = {k: v for k, v in obj.items() if len(k) == 1 and k in LETTERS}
-        if "choices" in obj and letters:
-            where.fail("choices", f"given both 'choices' and option fields {', '.join(letters)}")
-        fields = {**obj, "image": _image_ref(where, obj["image"], base, path)}
-        raw_choices = obj.get("choices")
-        fields["choices"] = _choices(where, letters if raw_choices is None else raw_choices)
-        yield number, fields
-
-
-def _image_ref(where: _Where, ref: str, base: Path, path: str | os.PathLike[str]) -> bytes:
-    if ref.startswith("data:"):
-        header, comma, payload = ref.partition(",")
-        if not comma:
-            where.fail("image", "data: URL without a comma")
-        if header.endswith(";base64"):
-            return _b64(where, payload)
-        return urllib.parse.unquote_to_bytes(payload)
-    if _URL_RE.match(ref):
-        where.fail("image", f"remote URLs are not supported: {ref!r}")
+def _text(path: Path) -> str:
     try:
-        return (base / ref).read_bytes()
-    except (OSError, ValueError):  # ValueError: a NUL byte in the path
-        where.fail("image", f"no such file {ref!r} (relative to {os.fspath(path)})")
+        return path.read_text(encoding="utf-8-sig")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise DatasetError(path, None, None, "no such file") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(path, None, None, f"not UTF-8 text (byte {e.start})") from None
 
 
-def _b64(where: _Where, text: str) -> bytes:
-    try:
-        return base64.b64decode(re.sub(r"\s+", "", text), validate=True)
-    except (binascii.Error, ValueError):
-        where.fail("image", "not valid base64")
+def _circular(items: list[Item]) -> tuple[Item, ...]:
+    """The items, each with its circular group when the file holds rotated copies."""
+    numbers = [int(item.id) if item.id.isdigit() else None for item in items]
+    if not any(n is not None and n >= CIRCULAR_STEP for n in numbers):
+        return tuple(items)
+    return tuple(item if n is None else replace(item, circular_group=str(n % CIRCULAR_STEP))
+                 for item, n in zip(items, numbers, strict=True))
 
 
-def _choices(where: _Where, raw: Any) -> dict[str, str]:
-    if isinstance(raw, list):
-        if len(raw) > len(LETTERS):
-            where.fail("choices", f"more than {len(LETTERS)} options")
-        raw = dict(zip(LETTERS, raw, strict=False))
-    if not isinstance(raw, dict):
-        where.fail("choices", "expected a list or an object of letter -> text")
-    choices: dict[str, str] = {}
-    for key, value in raw.items():
-        letter = str(key).strip().upper()
-        if len(letter) != 1 or letter not in LETTERS:
-            where.fail("choices", f"option key {key!r} is not a letter A-Z")
-        text = _text(where, f"choices.{letter}", value)
-        if text is not None and text.strip():
-            choices[letter] = text
-    return dict(sorted(choices.items()))
-
-
-def _read_tsv(path: str | os.PathLike[str], text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    # base64 images are far bigger than csv's default 128 KiB cell limit
-    csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
-    header = [name.strip() for name in next(reader, [])]
-    if not header:
-        return
-    for name in _TSV_REQUIRED:
-        if name not in header:
-            raise DatasetError(path, 1, name, "missing column")
-    rows: list[tuple[int, dict[str, str]]] = []
-    start = reader.line_num + 1
-    for cells in reader:
-        line, start = start, reader.line_num + 1
-        if not any(cell.strip() for cell in cells):
-            continue
-        if len(cells) != len(header):
-            raise DatasetError(path, line, None, f"expected {len(header)} cells (tab-separated), "
-                               f"found {len(cells)}")
-        rows.append((line, dict(zip(header, cells, strict=True))))
-    images = {row["index"].strip(): row["image"] for _, row in rows}
-    for line, row in rows:
-        where = _Where(path, line)
-        cell = row["image"].strip()
-        # VLMEvalKit stores a repeated image once; other rows hold that row's index instead
-        if cell in images and cell != row["index"].strip():
-            cell = images[cell]
-            if cell.strip() in images:
-                where.fail("image", f"refers to row {row['image'].strip()!r}, which has no image")
-        letters = {k: v for k, v in row.items() if len(k) == 1 and k in LETTERS and not _nan(v)}
-        fields: dict[str, Any] = {**row, "id": row["index"], "image": _b64(where, cell),
-                                  "choices": _choices(where, letters),
-                                  "answer": _tsv_answer(row["answer"])}
-        for name in ("hint", "category", "scorer"):
-            if _nan(row.get(name, "")):
-                fields.pop(name, None)
-        yield line, fields
-
-
-def _nan(cell: str) -> bool:
-    """An empty or NaN cell (how pandas writes a missing value) means the field is absent."""
-    return cell.strip() == "" or cell.strip().lower() == "nan"
-
-
-def _tsv_answer(cell: str) -> Any:
-    """VLMEvalKit writes several references as a Python list literal: ``['a', 'b']``."""
-    if cell.strip().startswith("[") and cell.strip().endswith("]"):
-        with contextlib.suppress(ValueError, SyntaxError):
-            value = ast.literal_eval(cell.strip())
-            return value if isinstance(value, list) and value else cell
-    return cell
-
-
-def _text(where: _Where, field: str, value: Any) -> str | None:
-    """A text field: strings as they are, numbers as text, null as None."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return None if value != value else str(value)  # NaN is pandas' "missing"
-    where.fail(field, f"expected text, got {type(value).__name__}")
-
-
-def _item(where: _Where, fields: dict[str, Any], scorer: str | None) -> Item:
+def _item(where: Where, fields: dict[str, Any], scorer: str | None) -> Item:
     ident = fields["id"]
     if isinstance(ident, bool) or not isinstance(ident, str | int):
         where.fail("id", "expected a string or an integer")
     ident = str(ident).strip()
     if not ident or len(ident) > MAX_ID:
         where.fail("id", f"must be 1 to {MAX_ID} characters")
-    question = _text(where, "question", fields["question"])
+    question = readers.text(where, "question", fields.get("question"))
     if not question or not question.strip():
         where.fail("question", "empty")
-    answer = _answer(where, fields["answer"])
+    answer = _answer(where, fields.get("answer"))
     choices: dict[str, str] = fields["choices"]
-    field_scorer = _text(where, "scorer", fields.get("scorer"))
+    field_scorer = readers.text(where, "scorer", fields.get("scorer"))
     if field_scorer is not None and field_scorer not in SCORERS:
         where.fail("scorer", f"unknown scorer {field_scorer!r}; expected one of "
                    f"{', '.join(SCORERS)}")
@@ -309,23 +210,31 @@ def _item(where: _Where, fields: dict[str, Any], scorer: str | None) -> Item:
             where.fail("answer", f"{answer!r} is not one of the options' letters "
                        f"{', '.join(choices)}")
         answer = letter
-    image = fields["image"]
+    images = [(image, _mime(where, image)) for image in fields["images"]]
+    if not images:
+        where.fail("image", "missing (vlmd asks questions about images; a text-only row, as in "
+                   "ScienceQA's full set? use its image subset)")
+    meta = {name: readers.text(where, name, fields.get(name)) or None
+            for name in ("hint", "category", "l2_category", "split")}
+    return Item(id=ident, question=question, image=images[0][0], image_mime=images[0][1],
+                answer=answer, choices=choices, scorer=chosen, family=fields.get("family"),
+                extra_images=tuple(images[1:]), **meta)
+
+
+def _mime(where: Where, image: bytes) -> str:
     mime = _sniff(image)
     if mime is None:
         where.fail("image", "not a PNG, JPEG, GIF, WEBP or BMP image" if image else "empty")
-    return Item(id=ident, question=question, image=image, image_mime=mime, answer=answer,
-                choices=choices, hint=_text(where, "hint", fields.get("hint")) or None,
-                category=_text(where, "category", fields.get("category")) or None,
-                scorer=chosen)
+    return mime
 
 
-def _answer(where: _Where, raw: Any) -> str | tuple[str, ...]:
-    if isinstance(raw, list):
-        answers = tuple(_text(where, "answer", value) for value in raw)
+def _answer(where: Where, raw: Any) -> str | tuple[str, ...]:
+    if isinstance(raw, list | tuple):
+        answers = tuple(readers.text(where, "answer", value) for value in raw)
         if not answers or any(a is None or not a.strip() for a in answers):
             where.fail("answer", "expected a non-empty list of non-empty answers")
         return tuple(a for a in answers if a is not None)
-    answer = _text(where, "answer", raw)
+    answer = readers.text(where, "answer", raw)
     if answer is None or not answer.strip():
         where.fail("answer", "empty")
     return answer

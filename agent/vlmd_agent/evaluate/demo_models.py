@@ -33,7 +33,7 @@ from typing import Any
 from vlmd_agent.evaluate import demo_train
 from vlmd_agent.evaluate.demo_train import TrainPlan
 
-RECIPE_VERSION = 2  # 2: trained on the demo questions; 1 was untrained
+RECIPE_VERSION = 3  # 3: MMBench's prompt (lmms-eval's); 2: vlmd's own; 1 was untrained
 MANIFEST = "vlmd-demo-manifest.json"
 SEED = 0
 IMAGE_TOKEN = "<image>"

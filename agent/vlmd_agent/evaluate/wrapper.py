@@ -36,11 +36,12 @@ from typing import Any
 
 import httpx
 
-from vlmd_agent import wire
-from vlmd_agent.evaluate import datasets
+from vlmd_agent import scoring, wire
+from vlmd_agent.evaluate import datasets, schemas
 from vlmd_agent.evaluate.backends import BackendError, Request, load_backend
 from vlmd_agent.evaluate.backends.base import RequestOptions
 from vlmd_agent.evaluate.inflight import run_each
+from vlmd_agent.evaluate.judge import Judge, verdict_event
 from vlmd_agent.outbox.spool import Outbox
 from vlmd_agent.pipe import (
     EXIT_BACKEND,
@@ -72,6 +73,8 @@ class Spool:
             self.box.put(event)
 
     def item(self, outcome: dict[str, Any]) -> None:
+        if (judged := outcome.pop("judged", None)) is not None:
+            self.put(judged)  # the verdict first: the item's score follows it
         if self.box is None:
             self.status.item(outcome)
         else:
@@ -101,19 +104,27 @@ def completed_items(url: str, token: str, run: str, deadline_s: float = RESUME_T
             delay = min(delay * 2, 5.0)
 
 
-def run_item(cfg: WrapperConfig, item: datasets.Item, backend: Any) -> dict[str, Any]:
+def run_item(cfg: WrapperConfig, item: datasets.Item, backend: Any,
+             judge: Judge | None = None) -> dict[str, Any]:
     """Run one item through the backend: its outcome, all that `scored_event` needs.
 
     ``{"key", "kind", "ts", "body", "metrics", "scorer", "choices"}``: the event's key and kind,
     when the item ended, the body without the score and the metrics (an ``item.failed`` body
-    is whole, its metrics empty), and what scoring needs besides ``body.expected``.
+    is whole, its metrics empty), and what scoring needs besides ``body.expected``. The body
+    carries the item's `datasets.Item.metadata` (scorer, options, category, ...).
+
+    With a `judge`, a multiple-choice answer the rules cannot read is put to it: the outcome
+    then holds its ``verdict`` (for `scored_event`) and ``judged``, the ``item.judged``
+    envelope, which `Spool.item` sends first.
     """
-    request = Request(item.prompt(), item.image, item.image_mime, cfg.max_new_tokens)
+    request = Request(item.prompt(cfg.prompt_template), item.image, item.image_mime,
+                      cfg.max_new_tokens, item.extra_images)
     expected: str | list[str] = (item.answer if isinstance(item.answer, str)
                                  else list(item.answer))
     body: dict[str, Any] = {"item": item.id, "question": item.question, "expected": expected}
     if cfg.shard:
         body["shard"] = cfg.shard
+    body.update(item.metadata())
     try:
         generation = backend.generate(request)
     except BackendError as e:
@@ -125,8 +136,17 @@ def run_item(cfg: WrapperConfig, item: datasets.Item, backend: Any) -> dict[str,
     metrics = generation.metrics()
     if cfg.concurrency > 1 and metrics["vram_source"]:  # other requests ran beside this one
         metrics["vram_source"] += "-shared"
-    return {"key": f"{cfg.run}/item/{item.id}/ok", "kind": "item.completed", "ts": time.time(),
-            "body": body, "metrics": metrics, "scorer": item.scorer, "choices": item.choices}
+    outcome = {"key": f"{cfg.run}/item/{item.id}/ok", "kind": "item.completed",
+               "ts": time.time(), "body": body, "metrics": metrics, "scorer": item.scorer,
+               "choices": item.choices}
+    if (judge is not None and item.scorer == "mcq"
+            and not scoring.read_choice(generation.text, item.choices).decided):
+        verdict = judge.read(item.question, item.choices, generation.text)
+        outcome["verdict"] = verdict.letter
+        outcome["judged"] = wire.envelope(
+            cfg.run, "item.judged", verdict_event(item.id, judge.spec, verdict, cfg.shard),
+            key=f"{cfg.run}/item/{item.id}/judged")
+    return outcome
 
 
 def item_event(cfg: WrapperConfig, item: datasets.Item, backend: Any) -> dict[str, Any]:
@@ -153,7 +173,7 @@ def run(cfg: WrapperConfig, token: str, status: Status) -> int:
     with open_spool(cfg, token, status) as box:
         status.send("loading")
         try:
-            data = datasets.load(cfg.dataset)
+            data = datasets.load(cfg.dataset, columns=schemas.parse_columns(cfg.columns))
             index, count = wire.shard_of(cfg.shard) if cfg.shard else (0, 1)
             items = datasets.shard(data.items[:cfg.limit], index, count)
         except (datasets.DatasetError, ValueError, OSError) as e:
@@ -170,12 +190,15 @@ def run(cfg: WrapperConfig, token: str, status: Status) -> int:
             **shard_body}))
         todo = [item for item in items if item.id not in done]
         status.send("ready", total=len(items), todo=len(todo))
+        judge = Judge(cfg.judge) if cfg.judge else None
         try:
-            run_each(todo, lambda item: run_item(cfg, item, backend), box.item,
+            run_each(todo, lambda item: run_item(cfg, item, backend, judge), box.item,
                      stopped=lambda: stop["requested"], concurrency=cfg.concurrency,
                      rate=cfg.rate)
         finally:
             backend.close()
+            if judge is not None:
+                judge.close()
         if stop["requested"]:
             status.send("stopped")
             return EXIT_OK

@@ -17,7 +17,7 @@ from pathlib import Path
 from .base import Backend, BackendError, Generation, Request, RequestOptions
 
 __all__ = ["Backend", "BackendError", "Generation", "Request", "RequestOptions",
-           "default_models_dir", "load_backend"]
+           "default_models_dir", "load_backend", "split_openai"]
 
 SPEC_FORMS = "openai:NAME@BASE_URL, hf:PATH, demo:NAME"
 
@@ -55,7 +55,7 @@ def load_backend(
     if scheme == "openai":
         from .openai import OpenAIBackend
 
-        name, base_url = _split_openai(spec, rest)
+        name, base_url = split_openai(spec, rest)
         return OpenAIBackend(name, base_url, spec=spec, max_new_tokens=max_new_tokens,
                              timeout_s=timeout_s, options=options)
     if options is not None and not options.is_default():
@@ -99,7 +99,9 @@ def load_backend(
     )
 
 
-def _split_openai(spec: str, rest: str) -> tuple[str, str]:
+def split_openai(spec: str, rest: str) -> tuple[str, str]:
+    """``NAME@BASE_URL`` (`rest`, the part of `spec` after ``openai:``) as (NAME, BASE_URL);
+    ValueError naming the spec when it is not one."""
     # NAME may itself hold '@' (a revision), so split at the last '@' that starts the URL.
     at = max(rest.rfind("@http://"), rest.rfind("@https://"))
     if at <= 0:

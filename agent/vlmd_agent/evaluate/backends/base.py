@@ -32,12 +32,19 @@ NS_PER_MS = 1_000_000.0
 
 @dataclass(frozen=True)
 class Request:
-    """One generation request: a prompt, the image it is about, and the token budget."""
+    """One generation request: a prompt, the image it is about (``extra_images``: more of them,
+    each (bytes, MIME type), as MMMU's items have), and the token budget."""
 
     prompt: str
     image: bytes
     image_mime: str = "image/png"
     max_new_tokens: int = 32
+    extra_images: tuple[tuple[bytes, str], ...] = ()
+
+    @property
+    def images(self) -> tuple[tuple[bytes, str], ...]:
+        """Every image as (bytes, MIME type), in the order the prompt refers to them."""
+        return ((self.image, self.image_mime), *self.extra_images)
 
 
 @dataclass(frozen=True)

@@ -177,31 +177,36 @@ class HFBackend:
     def _prepare(self, request: Request) -> Any:
         from PIL import Image
 
+        images = []
+        for number, (data, _) in enumerate(request.images, 1):
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    img.load()
+                    images.append(img.convert("RGB"))
+            except Exception as exc:  # Pillow raises many types for undecodable input
+                which = f" {number}" if len(request.images) > 1 else ""
+                raise BackendError("bad_input", f"cannot decode image{which}: {exc}") from exc
+        text = self._prompt_text(request.prompt, len(images))
         try:
-            with Image.open(io.BytesIO(request.image)) as img:
-                img.load()
-                image = img.convert("RGB")
-        except Exception as exc:  # Pillow raises many types for undecodable input
-            raise BackendError("bad_input", f"cannot decode image: {exc}") from exc
-        text = self._prompt_text(request.prompt)
-        try:
-            inputs = self.processor(images=image, text=text, return_tensors="pt")
+            inputs = self.processor(images=images if len(images) > 1 else images[0], text=text,
+                                    return_tensors="pt")
         except Exception as exc:
             raise BackendError("bad_input", f"processor rejected the input: {exc}") from exc
         # BatchFeature.to casts only floating tensors (pixel values) to the model's dtype.
         return inputs.to(self.device, dtype=self.model.dtype)
 
-    def _prompt_text(self, prompt: str) -> str:
+    def _prompt_text(self, prompt: str, images: int = 1) -> str:
+        """The model's text: the chat template with one image entry per image, else the image
+        token once per image before the prompt."""
         if getattr(self.processor, "chat_template", None):
-            messages = [
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
-            ]
+            content: list[dict[str, str]] = [{"type": "image"} for _ in range(images)]
+            messages = [{"role": "user", "content": [*content, {"type": "text", "text": prompt}]}]
             text = self.processor.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=False
             )
             return str(text)
         image_token = getattr(self.processor, "image_token", "<image>")
-        return f"{image_token}\n{prompt}"
+        return f"{image_token}\n" * images + prompt
 
     def _run(self, inputs: Any, limit: int, clock: Any) -> Any:
         try:

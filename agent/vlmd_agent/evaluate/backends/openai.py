@@ -3,7 +3,7 @@
 Works with any server that speaks the OpenAI chat API with server-sent events: vLLM, SGLang,
 Ollama, TGI, LMDeploy, llama.cpp, ``transformers serve``. The request streams
 (``stream: true`` with ``stream_options.include_usage``), decodes greedily unless a temperature
-is set (`RequestOptions`) and carries the image as a base64 data URL.
+is set (`RequestOptions`) and carries each image as a base64 data URL, before the prompt.
 
 Requests go through one keep-alive pool (`.http1`): every stream is read to its end, so its
 connection serves the next request without a TCP or TLS handshake. `generate` may be called
@@ -97,12 +97,12 @@ class OpenAIBackend:
         self.pool = Pool(tls=tls, stamps=stamps)
 
     def body(self, request: Request) -> dict[str, Any]:
-        """The JSON body sent for ``request``."""
-        data = base64.b64encode(request.image).decode("ascii")
-        content = [
-            {"type": "image_url", "image_url": {"url": f"data:{request.image_mime};base64,{data}"}},
-            {"type": "text", "text": request.prompt},
-        ]
+        """The JSON body sent for ``request``: its images in order, then the prompt."""
+        content: list[dict[str, Any]] = [
+            {"type": "image_url", "image_url": {
+                "url": f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"}}
+            for data, mime in request.images]
+        content.append({"type": "text", "text": request.prompt})
         messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         if self.options.system_prompt:
             messages.insert(0, {"role": "system", "content": self.options.system_prompt})
