@@ -28,11 +28,12 @@ for _path in (ROOT, ROOT / "agent"):  # the checkout's code, also when not insta
 
 
 def start_daemon(folder: Path, token: str, *, env: dict[str, str] | None = None,
-                 timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
+                 timeout: float = 60.0, server: str = "") -> tuple[subprocess.Popen[bytes], str]:
     """Start `vlmd serve` on a free port over ``folder/vlmd.db`` (Datasette off, `token` for
-    writes) and return the process and its URL once it says where it listens."""
+    writes, `server`: more TOML lines for its ``[server]`` section) and return the process and
+    its URL once it says where it listens."""
     config = folder / "vlmd.toml"
-    config.write_text('[server]\nport = 0\n[datasette]\nenabled = false\n'
+    config.write_text(f'[server]\nport = 0\n{server}\n[datasette]\nenabled = false\n'
                       f'[log]\npath = "{folder / "vlmd.db"}"\n')
     log = folder / "daemon.log"
     with log.open("w") as err:

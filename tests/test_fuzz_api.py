@@ -279,6 +279,8 @@ def raw_request(t: Target, method: str, target_path: str, body: bytes = b"",
         while (chunk := s.recv(65536)) and not _complete(data := data + chunk):
             pass
     head, _, rest = data.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        rest = _unchunked(rest)
     return int(head.split(b" ", 2)[1]), rest
 
 
@@ -287,7 +289,19 @@ def _complete(data: bytes) -> bool:
     for line in head.lower().split(b"\r\n"):
         if sep and line.startswith(b"content-length:"):
             return len(rest) >= int(line.split(b":")[1])
+        if sep and line == b"transfer-encoding: chunked":  # a streamed answer
+            return rest.endswith(b"0\r\n\r\n")
     return False
+
+
+def _unchunked(data: bytes) -> bytes:
+    out = b""
+    while True:
+        size, _, data = data.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            return out
+        out, data = out + data[:n], data[n + 2:]
 
 
 PATH_TEXT = st.text(st.characters(codec="utf-8"), max_size=60)

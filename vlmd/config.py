@@ -28,6 +28,9 @@ class ServerConfig:
     read_token: bool = False
     max_body_mb: float = 32.0
     feed_buffer: int = 256
+    feed_buffer_mb: float = 8.0
+    max_ws_clients: int = 512
+    send_timeout_s: float = 10.0
     graceful_s: float = 10.0
 
 

@@ -32,6 +32,7 @@ from vlmd.live.feed import Feed
 from vlmd.live.state import Live, WriteRefused
 from vlmd.store.log import Appended, EventLog
 from vlmd.web.api import build_app
+from vlmd.web.conns import Connections
 
 log = logging.getLogger("vlmd")
 RETRY_WRITE_S = 1.0
@@ -46,6 +47,7 @@ class Daemon:
     token: str
     shutdown: trio.Event = field(default_factory=trio.Event)
     launcher: LocalLauncher | SlurmLauncher | None = None
+    conns: Connections | None = None
 
 
 def _hypercorn_config(config: Config) -> hypercorn.config.Config:
@@ -107,20 +109,42 @@ async def _launcher(config: Config, token: str, live: Live) -> LocalLauncher | S
     return launcher
 
 
+async def _http(app: Any, hc: hypercorn.config.Config, shutdown: trio.Event, done: trio.Event,
+                *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """hypercorn serving `app` until `shutdown`; `done` is set when it has returned."""
+    try:
+        await hypercorn.trio.serve(app, hc, shutdown_trigger=shutdown.wait,
+                                   task_status=task_status)
+    finally:
+        done.set()
+
+
+async def _abort_when_cancelled(conns: Connections) -> None:
+    """Close every connection when vlmd is cancelled (a second SIGTERM): hypercorn's writes
+    to clients are shielded from cancellation, and would hold the stop up otherwise."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        conns.abort_all()
+
+
 async def serve(config: Config, *, shutdown: trio.Event | None = None,
                 task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
     """Run vlmd until `shutdown` is set, then stop gracefully.
 
     Calls ``task_status.started(Daemon)`` once it accepts connections.
 
+    Stopping: the feeds tell their clients to reconnect, in-flight requests get
+    ``server.graceful_s`` to finish, then every connection is closed; cancelling `serve`
+    closes them at once.
     Errors: OSError if the address is taken; sqlite3.Error if the log cannot be opened.
-    Resources: the log file (WAL), one listening socket; on return the log is closed and every
-    feed client has been told to reconnect.
+    Resources: the log file (WAL), one listening socket; on return the log is closed.
     """
     event_log = await trio.to_thread.run_sync(
         partial(EventLog.open, config.log.path, synchronous=config.log.synchronous))
     try:
-        live = Live(event_log, Feed(config.server.feed_buffer))
+        server = config.server
+        live = Live(event_log, Feed(server.feed_buffer, int(server.feed_buffer_mb * 2**20)))
         live.liveness = liveness.Liveness(config.watchdog.heartbeat_s)
         await live.rebuild()
         token = config.resolve_token()
@@ -129,17 +153,19 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
         if not wsframes.install():  # one serialisation of each feed frame for every client
             log.warning("wsproto or hypercorn lacks %s: feed frames are built per connection "
                         "(slower with many clients)", ", ".join(wsframes.missing_internals()))
-        app = build_app(live, token, max_body=int(config.server.max_body_mb * 1024 * 1024),
-                        launcher=launcher, read_token=config.server.read_token)
+        app = build_app(live, token, server, launcher=launcher)
         shutdown = trio.Event() if shutdown is None else shutdown
+        conns = Connections(server.send_timeout_s)
+        hc = _hypercorn_config(config)
+        conns.configure(hc)
+        http_done = trio.Event()
         async with trio.open_nursery() as nursery:
-            asgi: Any = app  # Starlette is an ASGI app; hypercorn's own type is narrower
-            binds = await nursery.start(partial(hypercorn.trio.serve, asgi,
-                                                _hypercorn_config(config),
-                                                shutdown_trigger=shutdown.wait))
+            nursery.start_soon(_abort_when_cancelled, conns)
+            binds = await nursery.start(_http, app, hc, shutdown, http_done)
             url = binds[0].replace("0.0.0.0", "127.0.0.1")
             launcher.url = url
             async with trio.open_nursery() as services:
+                await services.start(conns.watch)
                 await services.start(launcher.run)
                 await services.start(liveness.watch, live.liveness, _retrying(live))
                 if config.datasette.enabled:
@@ -148,7 +174,7 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
                 await services.start(notify.keep_alive, live)
                 log.info("listening on %s (log %s: %d events, %d runs)", url, event_log.path,
                          live.head, len(live.tracker.runs))
-                task_status.started(Daemon(url, live, token, shutdown, launcher))
+                task_status.started(Daemon(url, live, token, shutdown, launcher, conns))
                 notify.notify(f"READY=1\nSTATUS={notify.status_line(live, 0.0)}")
                 await shutdown.wait()
                 notify.notify("STOPPING=1")
@@ -157,6 +183,13 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
                 live.feed.close()
                 live.states.feed.close()
                 services.cancel_scope.cancel()
+            with trio.move_on_after(server.graceful_s):
+                await http_done.wait()
+            if not http_done.is_set():  # hypercorn cannot end a write a client does not take
+                log.warning("graceful_s (%g s) is over: closing %d connections",
+                            server.graceful_s, conns.abort_all())
+                await http_done.wait()
+            nursery.cancel_scope.cancel()
     finally:
         event_log.close()
-    log.info("stopped; the log is closed cleanly at seq %d", live.head)
+        log.info("stopped; the log is closed cleanly at seq %d", event_log.last_seq)

@@ -1,9 +1,11 @@
 """Feed: publish-after-commit broadcasting of committed events to live subscribers.
 
-`Feed.publish` is synchronous and never blocks: each subscriber has a bounded buffer of frames,
-and one whose buffer is full is dropped (its stream ends; the WebSocket handler tells the client
-to reconnect with ``after=``). A frame is a JSON array of events, serialised once per publish
-and per distinct filter (run, kinds), however many subscribers share it.
+`Feed.publish` is synchronous and never blocks: each subscriber has a bounded buffer, counted
+in frames (`Feed.buffer`) and in bytes (`Feed.budget`, the text of the frames published to it
+and not yet sent), and one whose buffer is full is dropped (its stream ends; the WebSocket
+handler tells the client to reconnect with ``after=``). A frame is a JSON array of events,
+serialised once per publish and per distinct filter (run, kinds), however many subscribers share
+it, so subscribers that lag together hold the same frames, not a copy each.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class Subscription:
     send: trio.MemorySendChannel[Frame]
     receive: trio.MemoryReceiveChannel[Frame]
     dropped: bool = False
+    queued: int = 0
+    """Characters of the frames published to it that its client has not been sent yet."""
     kinds: frozenset[str] | None = None
     deflate: int = PLAIN
     """The deflate window bits its WebSocket negotiated (`vlmd.live.wsframes.negotiated`)."""
@@ -70,6 +74,10 @@ class Subscription:
         self.wants = None if run is None and of_kind is None else (
             lambda e: (run is None or e.run == run) and (of_kind is None or of_kind(e.kind)))
 
+    def sent(self, frame: Frame) -> None:
+        """Its client has been sent `frame` (taken from `receive`): it no longer counts."""
+        self.queued = max(0, self.queued - len(frame.text))
+
 
 Frames = dict[tuple[str | None, frozenset[str] | None], Frame | None]
 """The frames of one publish, by subscriber filter (run, kinds); None where nothing matches."""
@@ -77,9 +85,11 @@ Frames = dict[tuple[str | None, frozenset[str] | None], Frame | None]
 
 @dataclass
 class Feed:
-    """The broadcaster. `buffer` is how many frames a subscriber may fall behind."""
+    """The broadcaster. A subscriber may fall `buffer` frames and `budget` characters of frame
+    text behind (a single frame bigger than `budget` still goes to one that has none pending)."""
 
     buffer: int = 256
+    budget: int = 8 << 20
     subscribers: set[Subscription] = field(default_factory=set)
     published: int = 0
     dropped: int = 0
@@ -140,8 +150,12 @@ class Feed:
             frame = frames[key]
             if frame is None:
                 continue
+            size = len(frame.text)
             try:
+                if sub.queued and sub.queued + size > self.budget:
+                    raise trio.WouldBlock
                 sub.send.send_nowait(frame)
+                sub.queued += size
             except trio.WouldBlock:
                 sub.dropped = True
                 self.dropped += 1

@@ -148,7 +148,7 @@ class Live:
         self.feed = feed
         self.tracker = tracker.Tracker()
         self.summaries = Summaries()
-        self.states = States(feed.buffer, self.summaries)
+        self.states = States(feed.buffer, self.summaries, feed.budget)
         self.appended_by_kind: Counter[str] = Counter()
         self.ingest_latency = Histogram()
         self.gpus = LatestGpus()

@@ -75,8 +75,8 @@ def _frame(first: int, last: int, message: dict[str, Any]) -> Frame:
 class States:
     """The state stream's broadcaster and the builder of its messages."""
 
-    def __init__(self, buffer: int, summaries: Summaries) -> None:
-        self.feed = Feed(buffer)
+    def __init__(self, buffer: int, summaries: Summaries, budget: int = Feed.budget) -> None:
+        self.feed = Feed(buffer, budget)
         self.summaries = summaries
         self.built = 0  # messages built for live changes (none while nobody subscribes)
         self._sent: dict[str, tuple[int, float | None]] = {}  # run -> key of the last summary

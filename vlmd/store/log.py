@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -234,11 +234,13 @@ class EventLog:
         return written
 
     def read(self, *, after: int = 0, run: str | None = None, kinds: Iterable[str] | None = None,
-             limit: int | None = None, until: int | None = None) -> Iterator[Event]:
+             limit: int | None = None, until: int | None = None
+             ) -> Generator[Event, None, None]:
         """Stream events with ``after < seq [<= until]`` in seq order, optionally filtered.
 
         `kinds` entries ending in ``.*`` match a prefix (``alert.*``). The stream reads in chunks
-        over its own connection, so a long read neither blocks the writer nor holds a lock.
+        over its own connection, so a long read neither blocks the writer nor holds a lock;
+        the connection is closed when the stream ends or is closed (``close()``).
         """
         where: list[str] = ["seq > ?"]
         params: list[int | str] = []

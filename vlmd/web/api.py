@@ -9,45 +9,37 @@ Every user mistake is a 4xx with a JSON ``{"error": ...}`` that says what is wro
 from __future__ import annotations
 
 import hmac
-import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import trio
 from starlette.applications import Starlette
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
+from vlmd.config import ServerConfig
 from vlmd.launch import submit
 from vlmd.launch.launcher import Launcher, LaunchError, LaunchSpec
-from vlmd.live import wsframes
-from vlmd.live.feed import Feed, Frame, Subscription, encode
-from vlmd.live.replay import MAX_SPEED
 from vlmd.live.state import Live, WriteRefused
 from vlmd.projections import answers
 from vlmd.projections.tracker import AmbiguousName, RunState
-from vlmd.store.log import dumps_events
-from vlmd.web import images, replays
+from vlmd.web import bulk, images, replays
+from vlmd.web.feeds import MAX_KINDS, MAX_SEQ, Feeds
 from vlmd.web.metrics import route as metrics_route
+from vlmd.web.wsstream import WS_POLICY, WsHub, close_reason
 from vlmd_agent import wire
 
 UI_DIR = Path(__file__).parent / "ui"
-BACKLOG_FRAME = 1_000
 MAX_ERRORS_SHOWN = 20
-MAX_SEQ = 2**63 - 1  # SQLite's largest integer
-MAX_KINDS = 64  # kind filters per request (each is an SQL clause)
 DRAIN_FACTOR = 4  # bodies up to this many times the cap are read (and dropped) before a 413
-WS_TRY_AGAIN = 1013  # "Try Again Later": the client was too slow; reconnect with after=
-WS_GOING_AWAY = 1001
-WS_POLICY = 1008
 
 
 class ApiError(Exception):
@@ -92,6 +84,7 @@ class Api:
         self.max_body = max_body
         self.read_token = read_token
         self.launcher: Launcher | None = None
+        self.reader = bulk.Reader(live.log)
 
     def authorize(self, conn: HTTPConnection, *, query: bool = False) -> None:
         """Raise 401 unless `conn` carries the token (compared in constant time): in the
@@ -127,12 +120,15 @@ class Api:
                 raise ApiError(413, f"request body of {length} bytes is over the "
                                     f"{self.max_body}-byte limit; send smaller batches")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= self.max_body:
-                chunks.append(chunk)
-            elif size > DRAIN_FACTOR * self.max_body:
-                break
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size <= self.max_body:
+                    chunks.append(chunk)
+                elif size > DRAIN_FACTOR * self.max_body:
+                    break
+        except ClientDisconnect:  # nobody is left to answer; nothing was read into the log
+            raise ApiError(400, "the client left before sending the whole body") from None
         if size > self.max_body:
             raise ApiError(413, f"request body is over the {self.max_body}-byte limit; "
                                 "send smaller batches")
@@ -276,16 +272,18 @@ class Api:
         def rows() -> list[answers.Row]:
             return list(answers.fold(log.read(run=state.run, kinds=answers.ITEM_KINDS)).values())
 
-        folded = await trio.to_thread.run_sync(rows)
+        folded = await self.reader.run_sync(rows)
         return StreamingResponse(answers.csv_chunks(folded), media_type="text/csv; charset=utf-8",
                                  headers={"content-disposition":
                                           f'attachment; filename="{state.run}-answers.csv"'})
 
     async def list_events(self, request: Request) -> Response:
+        """At most ``limit`` events (10,000 by default, `bulk.MAX_EVENTS` at most) and about
+        `bulk.MAX_BYTES` of them, streamed: page on with ``after=`` the last seq received."""
         q = request.query_params
         try:
             after = int(q.get("after", "0"))
-            limit = min(int(q.get("limit", "10000")), 100_000)
+            limit = min(int(q.get("limit", "10000")), bulk.MAX_EVENTS)
         except ValueError:
             raise ApiError(400, "after and limit must be integers") from None
         if not 0 <= after <= MAX_SEQ or limit < 1:
@@ -297,13 +295,9 @@ class Api:
         kinds = q.getlist("kind") or None
         if kinds is not None and len(kinds) > MAX_KINDS:
             raise ApiError(400, f"at most {MAX_KINDS} kind filters, not {len(kinds)}")
-        log = self.live.log
-
-        def read() -> bytes:
-            events = log.read(after=after, run=run, kinds=kinds, limit=limit, until=self.live.head)
-            return dumps_events(events)
-
-        return Response(await trio.to_thread.run_sync(read), media_type="application/json")
+        query = bulk.Query(after, self.live.head, run, bulk.kinds_tuple(kinds))
+        return StreamingResponse(self.reader.json_array(query, limit),
+                                 media_type="application/json")
 
     async def healthz(self, request: Request) -> Response:
         """Open to all (probes, `vlmd run`); with ``read_token`` the details need the token.
@@ -319,60 +313,6 @@ class Api:
                       "datasette_url": self.live.datasette_url,
                       "uptime_s": time.time() - self.live.started_at})
 
-    async def _ws_query(self, ws: WebSocket) -> tuple[int | None, str | None] | None:
-        """A WebSocket's ``after`` and ``run`` (resolved to its id when it names one); None
-        once it was closed with 1008 and the reason (a bad after, an ambiguous name)."""
-        after_text = ws.query_params.get("after")
-        run = ws.query_params.get("run") or None
-        if after_text is not None and not (after_text.isascii() and after_text.isdigit()):
-            await ws.close(WS_POLICY, _reason(f"after must be a non-negative integer, "
-                                              f"not {after_text[:40]!r}"))
-            return None
-        if run is not None:
-            try:
-                found = self.find(run)
-            except ApiError as e:
-                await ws.close(WS_POLICY, _reason(e.message))
-                return None
-            run = found.run if found else run
-        return (None if after_text is None else int(after_text)), run
-
-    async def feed(self, ws: WebSocket) -> None:
-        """``WS /api/feed``: the committed events after ``after`` (default: from now), then
-        live, for one run or all, of the kinds asked for."""
-        await ws.accept()
-        query = await self._ws_query(ws)
-        if query is None:
-            return
-        given, run = query
-        kinds = ws.query_params.getlist("kind") or None
-        if kinds is not None and len(kinds) > MAX_KINDS:
-            await ws.close(WS_POLICY, _reason(f"at most {MAX_KINDS} kind filters, "
-                                              f"not {len(kinds)}"))
-            return
-        sub = self.live.subscribe(
-            run, kinds, wsframes.negotiated(ws.headers.get("sec-websocket-extensions")))
-        after = sub.head if given is None else given
-        await self._serve(ws, sub, self.live.feed, self._backlog(sub, after), after)
-
-    async def state(self, ws: WebSocket) -> None:
-        """``WS /api/state``: the fold's state after ``after`` (default 0: all of it), then its
-        changes (`vlmd.live.states`), for every run or one run with its items."""
-        await ws.accept()
-        query = await self._ws_query(ws)
-        if query is None:
-            return
-        given, run = query
-        after = given or 0
-        live = self.live
-        sub = live.subscribe_states(
-            run, wsframes.negotiated(ws.headers.get("sec-websocket-extensions")))
-        build = live.states.first(live.tracker, sub, after)
-
-        async def first() -> AsyncIterator[Frame]:
-            yield await trio.to_thread.run_sync(build, live.log)
-        await self._serve(ws, sub, live.states.feed, first(), after)
-
     async def state_at(self, request: Request) -> Response:
         """``GET /api/runs/{run}/state?at=SEQ|ts=TIME``: the run folded from its own events up
         to that position (default: all), as one replay message (`vlmd.live.replay`)."""
@@ -387,102 +327,9 @@ class Api:
             raise ApiError(400, f"at must be from 0 to {MAX_SEQ}")
         if ts is not None and not math.isfinite(ts):
             raise ApiError(400, "ts must be a finite number of seconds")
-        return _json(await trio.to_thread.run_sync(
-            replays.position, self.live.log, state.run, seq, ts, self.live.head))
-
-    async def replay(self, ws: WebSocket) -> None:
-        """``WS /api/replay?run=RUN&speed=S&after=SEQ``: the run's fold played from after `SEQ`
-        (default 0) at `S` times its pace (default 1), then a normal close."""
-        await ws.accept()
-        query = await self._ws_query(ws)
-        if query is None:
-            return
-        given, run = query
-        speed_text = ws.query_params.get("speed", "1")
-        try:
-            speed = float(speed_text)
-        except ValueError:
-            speed = math.nan
-        state = None if run is None else self.live.tracker.runs.get(run)
-        if state is None or not 0 < speed <= MAX_SPEED:
-            why = (f"speed must be a number above 0 and up to {MAX_SPEED:g}, not "
-                   f"{speed_text[:40]!r}" if state is not None else
-                   "run= names no run in the log" if run else "give the run to replay: ?run=RUN")
-            await ws.close(WS_POLICY, _reason(why))
-            return
-        live = self.live
-        live.replaying += 1
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_wait_disconnect, ws, nursery.cancel_scope)
-                await replays.stream(ws, live.log, state.run, after=given or 0, speed=speed,
-                                     until=live.head)
-                nursery.cancel_scope.cancel()
-        except* WebSocketDisconnect:
-            pass
-        finally:
-            live.replaying -= 1
-
-    async def _serve(self, ws: WebSocket, sub: Subscription, feed: Feed,
-                     backlog: AsyncIterator[Frame], after: int) -> None:
-        """Stream `backlog` then `sub`'s live frames to `ws` until either side ends; `sub` is
-        unsubscribed from `feed` however it ends."""
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_wait_disconnect, ws, nursery.cancel_scope)
-                await self._stream(ws, sub, after, backlog)
-                nursery.cancel_scope.cancel()
-        except* WebSocketDisconnect:
-            pass
-        finally:
-            feed.unsubscribe(sub)
-
-    async def _stream(self, ws: WebSocket, sub: Subscription, after: int,
-                      backlog: AsyncIterator[Frame]) -> None:
-        """The backlog after `after` up to the subscription's head, then live frames; no gap and
-        no duplicate at the seam, because the subscription only holds frames past its head."""
-        last = after
-        async for frame in backlog:
-            await ws.send_text(frame.text)
-            last = frame.last_seq
-        last = max(last, sub.head)
-        async for frame in sub.receive:
-            if frame.last_seq <= last:
-                continue
-            await ws.send_text(frame.text)
-            last = frame.last_seq
-        if sub.dropped:
-            await ws.close(WS_TRY_AGAIN, f"too slow; reconnect with after={last}")
-        else:
-            await ws.close(WS_GOING_AWAY, f"vlmd is stopping; reconnect with after={last}")
-
-    async def _backlog(self, sub: Subscription, after: int) -> AsyncIterator[Frame]:
-        if after >= sub.head:
-            return
-        stream = self.live.log.read(after=after, until=sub.head, run=sub.run, kinds=sub.kinds)
-
-        def chunk() -> Frame | None:  # off the trio thread: the read, and the compression
-            events = list(itertools.islice(stream, BACKLOG_FRAME))
-            if not events:
-                return None
-            frame = encode(events)
-            if sub.deflate != wsframes.PLAIN:
-                wsframes.build([(frame.text, sub.deflate)])
-            return frame
-
-        while (frame := await trio.to_thread.run_sync(chunk)) is not None:
-            yield frame
-
-
-def _reason(text: str) -> str:
-    """`text` cut to the 123 bytes of UTF-8 a WebSocket close reason may hold."""
-    return text.encode()[:123].decode(errors="ignore")
-
-
-async def _wait_disconnect(ws: WebSocket, scope: trio.CancelScope) -> None:
-    while (await ws.receive())["type"] != "websocket.disconnect":
-        pass
-    scope.cancel()
+        log, head = self.live.log, self.live.head
+        return _json(await self.reader.run_sync(
+            lambda: replays.position(log, state.run, seq, ts, head)))
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -517,19 +364,20 @@ def _ws_reads(api: Api, handler: WsHandler) -> WsHandler:
             api.authorize_read(ws, query=True)
         except ApiError as e:
             await ws.accept()
-            await ws.close(WS_POLICY, _reason(e.message))
+            await ws.close(WS_POLICY, close_reason(e.message))
             return
         await handler(ws)
     return checked
 
 
-def build_app(live: Live, token: str, *, max_body: int,
-              launcher: Launcher | None = None, read_token: bool = False) -> Starlette:
-    """The Starlette app over `live`; writes need `token` (and reads too with `read_token`);
-    bodies are capped at `max_body`; submitted runs are started by `launcher` (without one,
-    submissions are refused)."""
-    api = Api(live, token, max_body, read_token=read_token)
+def build_app(live: Live, token: str, server: ServerConfig, *,
+              launcher: Launcher | None = None) -> Starlette:
+    """The Starlette app over `live`; writes need `token` (and reads too with
+    ``server.read_token``); the ``[server]`` limits apply; submitted runs are started by
+    `launcher` (without one, submissions are refused)."""
+    api = Api(live, token, int(server.max_body_mb * 1024 * 1024), read_token=server.read_token)
     api.launcher = launcher
+    feeds = Feeds(live, WsHub(server.max_ws_clients), api.reader)
     routes = [
         Route("/api/events", _guard(api.post_events), methods=["POST"]),
         Route("/events", _guard(api.post_events), methods=["POST"]),
@@ -547,9 +395,9 @@ def build_app(live: Live, token: str, *, max_body: int,
         Route("/healthz", _guard(api.healthz), methods=["GET"]),
         Route("/metrics", _reads(api, metrics_route(live)), methods=["GET"]),
         Route("/api/runs/{run}/state", _reads(api, api.state_at), methods=["GET"]),
-        WebSocketRoute("/api/replay", _ws_reads(api, api.replay)),
-        WebSocketRoute("/api/feed", _ws_reads(api, api.feed)),
-        WebSocketRoute("/api/state", _ws_reads(api, api.state)),
+        WebSocketRoute("/api/replay", _ws_reads(api, feeds.replay)),
+        WebSocketRoute("/api/feed", _ws_reads(api, feeds.feed)),
+        WebSocketRoute("/api/state", _ws_reads(api, feeds.state)),
         Mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui"),
     ]
     return Starlette(routes=routes)

@@ -1,9 +1,10 @@
 """The replay routes' work over `vlmd.live.replay`: a run folded up to a position
 (``GET /api/runs/{run}/state``) and a run's fold played at a speed (``WS /api/replay``).
 
-A replay reads the log in a worker thread (the read and the fold of each message), waits on the
-trio clock for each message's time, and sends it; a client that reads slowly slows its own
-replay and nothing else (there is no buffer to fill).
+A replay reads the log in worker threads (the read and the fold of each message; events come in
+chunks, each read over its own connection, closed at once: `vlmd.web.bulk`), waits on the trio
+clock for each message's time, and sends it; a client that reads slowly slows its own replay and
+nothing else (there is no buffer to fill), and holds no connection to the log meanwhile.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 
 import orjson
 import trio
-from starlette.websockets import WebSocket
 
 from vlmd.live import replay
 from vlmd.store.log import EventLog
+from vlmd.web.bulk import Query, Reader, events
+from vlmd.web.wsstream import WsSession
 
 WS_NORMAL = 1000
 
@@ -25,17 +27,19 @@ def position(log: EventLog, run: str, seq: int | None, ts: float | None, until: 
              ) -> dict[str, Any]:
     """The run folded up to `seq` and replay time `ts` (within the log up to `until`), with
     what there is to replay of it (`replay.span`); run it in a worker thread."""
-    events = log.read(run=run, until=min(until, seq) if seq is not None else until)
-    return {**replay.position(events, ts=ts), "span": replay.span(log, run, until)}
+    upto = min(until, seq) if seq is not None else until
+    return {**replay.position(events(log, Query(0, upto, run)), ts=ts),
+            "span": replay.span(log, run, until)}
 
 
-async def stream(ws: WebSocket, log: EventLog, run: str, *, after: int, speed: float,
+async def stream(session: WsSession, reader: Reader, run: str, *, after: int, speed: float,
                  until: int) -> None:
     """Send the replay of `run` (its events up to `until`) from after `after` at `speed` to
-    `ws`, each message at its time, then close it normally."""
-    span = await trio.to_thread.run_sync(replay.span, log, run, until)
+    the `session`, each message at its time, then close it normally."""
+    log = reader.log
+    span = await reader.run_sync(lambda: replay.span(log, run, until))
     messages: Iterator[tuple[float, dict[str, Any]]] = replay.play(
-        log.read(run=run, until=until), after=after, speed=speed)
+        events(log, Query(0, until, run)), after=after, speed=speed)
     start = trio.current_time()
     first = [True]
 
@@ -48,8 +52,8 @@ async def stream(ws: WebSocket, log: EventLog, run: str, *, after: int, speed: f
             message["span"] = span  # the first message says how much there is to play
         return due, orjson.dumps(message)
 
-    while (got := await trio.to_thread.run_sync(step)) is not None:
+    while (got := await reader.run_sync(step)) is not None:
         due, text = got
         await trio.sleep_until(start + due)
-        await ws.send_text(text.decode())
-    await ws.close(WS_NORMAL, "replay ended")
+        await session.send(text.decode())
+    await session.close(WS_NORMAL, "replay ended")
