@@ -173,8 +173,15 @@ def spooler(read_fd: str, config_json: str) -> None:
         print(cpu() - started, items.stats().sent, flush=True)
 
 
+def cpu_hog() -> None:
+    """Spin on one core until killed: other work on a busy host."""
+    while True:
+        pass
+
+
 PROGRAMS: dict[str, Callable[..., None]] = {
-    "feed-clients": feed_clients, "probe-clients": probe_clients, "spooler": spooler}
+    "feed-clients": feed_clients, "probe-clients": probe_clients, "spooler": spooler,
+    "cpu-hog": cpu_hog}
 
 
 if __name__ == "__main__":

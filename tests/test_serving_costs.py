@@ -181,6 +181,15 @@ async def test_an_in_process_models_items_carry_the_gpu_energy_of_their_request(
         assert body["energy_j"] == pytest.approx(expected, rel=0.1), body
     samples = await _events(daemon, "r-joules", "watchdog.sample")
     assert all(e["body"]["model_gpus"] == [0, 1] for e in samples)
+    async with httpx.AsyncClient(base_url=daemon.url) as c:
+        run = (await c.get("/api/runs/r-joules")).json()
+    # the run's figure: both GPUs from the start to the end, idle moments between items too
+    spent = sum(b["energy_j"] for b in items)
+    assert run["energy_source"] == "nvml"
+    assert spent * 0.95 < run["energy_j"] < 150.0 * (run["finished_at"] - run["started_at"] + 1)
+    correct = sum(b["score"] for b in items)  # demo:instant is right about one time in four
+    assert run["joules_per_correct"] == (pytest.approx(run["energy_j"] / correct) if correct
+                                         else None)
     assert all(g["energy_j"] > 0 for e in samples for s in e["body"]["samples"]
                for g in s["gpus"])
 

@@ -98,6 +98,15 @@ def _ms(stats: dict[str, Any], key: str) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _joules(run: dict[str, Any]) -> str:
+    """Joules per correct answer: "na" where a GPU has no energy counter, "-" where none was
+    measured (a remote server, no GPU, nothing correct yet)."""
+    if run.get("energy_source") == "na":
+        return "na"
+    value = run.get("joules_per_correct")
+    return "-" if value is None else f"{value:.1f}"
+
+
 def report_table(runs: Sequence[dict[str, Any]]) -> str:
     """The accuracy/efficiency comparison of runs (as `GET /api/runs/{run}` returns them).
 
@@ -116,9 +125,12 @@ def report_table(runs: Sequence[dict[str, Any]]) -> str:
                      "-" if acc is None else f"{acc:.3f}",
                      _ms(s["ttft_ms"], "p50"), _ms(s["ttft_ms"], "p99"), _ms(s["tpot_ms"], "p50"),
                      _ms(s["vram_peak_delta_mb"], "p50"), _ms(s["vram_peak_delta_mb"], "max"),
-                     "-" if s["items_per_s"] is None else f"{s['items_per_s']:.2f}"])
+                     "-" if s["items_per_s"] is None else f"{s['items_per_s']:.2f}",
+                     _joules(r), "-" if r.get("kv_cache_peak") is None
+                     else f"{r['kv_cache_peak']:.0%}"])
     head = ["RUN", "MODEL", "DONE", "FAILED", "ACCURACY", "TTFT_P50_MS", "TTFT_P99_MS",
-            "TPOT_P50_MS", "VRAM_D_P50_MB", "VRAM_D_MAX_MB", "ITEMS_S"]
+            "TPOT_P50_MS", "VRAM_D_P50_MB", "VRAM_D_MAX_MB", "ITEMS_S", "J_PER_CORRECT",
+            "KV_PEAK"]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip()
              for row in [head, *rows]]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from vlmd.projections.serving import RunCosts
 from vlmd.store.log import Event
 
 RATE_WINDOW_S = 60.0
@@ -94,6 +95,7 @@ class RunState:
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_seq: int = 0
     item_seq: int = 0  # the seq of the last item event folded (the summary changes only then)
+    costs: RunCosts = field(default_factory=RunCosts)  # energy and KV cache, from the samples
 
     @property
     def total(self) -> int | None:
@@ -168,7 +170,7 @@ class RunState:
             "last_heartbeat": self.last_heartbeat, "alerts": self.alerts,
             "last_alert": self.last_alert, "reason": self.reason,
             "shards": dict(sorted(self.shards.items())), "last_seq": self.last_seq,
-            "outcome": self.outcome, "phase": self.phase,
+            "outcome": self.outcome, "phase": self.phase, **self.costs.row(self.score_sum),
         }
 
 
@@ -325,13 +327,18 @@ def _scheduled(s: RunState, e: Event, t: Tracker) -> None:
     s.ended = s.finished_at = None
 
 
+def _sample(s: RunState, e: Event, t: Tracker) -> None:
+    if s.status not in TERMINAL:
+        s.costs.apply(e.body, s.started_at)
+
+
 def _ignore(s: RunState, e: Event, t: Tracker) -> None:
     pass
 
 
 HANDLERS: dict[str, Callable[[RunState, Event, Tracker], None]] = {
     "run.submitted": _submitted, "run.started": _started, "item.completed": _item,
-    "item.failed": _item, "watchdog.heartbeat": _heartbeat, "watchdog.sample": _ignore,
+    "item.failed": _item, "watchdog.heartbeat": _heartbeat, "watchdog.sample": _sample,
     "run.finished": _ended, "run.failed": _ended, "run.cancelled": _ended,
     "run.scheduled": _scheduled, "scheduler.task": _ignore, "run.phase": _phase,
 }
