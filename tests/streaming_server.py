@@ -12,8 +12,13 @@ Run ``python tests/streaming_server.py``: it binds 127.0.0.1 on a free port and 
   their number).
 - ``reasoning``: as ``stream``, but the first chunk carries ``reasoning_content`` only.
 - ``error`` (``status``, ``message``): an HTTP error with an OpenAI-style error body.
+- ``flaky`` (``every``, and ``stream``'s): every ``every``-th request of the server's life is an
+  HTTP 500 ``flaky``, the others stream.
 - ``stall`` (``stall_ms``): a role-only chunk, then silence.
 - ``json`` (``content``, default ``B``): a non-streamed completion.
+
+``GET /v1/models`` lists no model (it plays whichever script a request names, as an unpinned
+``transformers serve`` loads whichever folder a request names).
 
 ``GET /last`` returns ``{"body": ..., "received_ns": ...}`` for the last completion request:
 what the client sent, and when its handler started by `time.perf_counter_ns`, which on Linux is
@@ -30,6 +35,7 @@ from urllib.parse import parse_qsl
 
 PROMPT_TOKENS = 42
 LAST: dict[str, Any] = {}
+REQUESTS = [0]
 
 
 def _chunk(delta: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +57,10 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         return None
 
     def do_GET(self) -> None:
-        self._json(200, LAST)
+        if self.path.rstrip("/") == "/v1/models":
+            self._json(200, {"object": "list", "data": []})
+        else:
+            self._json(200, LAST)
 
     def do_POST(self) -> None:
         t0 = time.perf_counter()
@@ -61,6 +70,9 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         LAST["body"] = body
         mode, _, query = str(body.get("model", "stream")).partition("?")
         params = dict(parse_qsl(query))
+        REQUESTS[0] += 1
+        if mode == "flaky" and REQUESTS[0] % int(params.get("every", "3")) == 0:
+            mode, params = "error", {"status": "500", "message": "flaky"}
         try:
             if mode == "error":
                 status = int(params.get("status", "500"))

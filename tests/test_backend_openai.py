@@ -205,7 +205,7 @@ def test_an_unreachable_server_is_a_backend_error() -> None:
         backend.generate(REQUEST)
     backend.close()
     assert info.value.reason == "backend_error"
-    assert "ConnectError" in info.value.message
+    assert info.value.message == f"connection refused (http://127.0.0.1:{port}/v1/chat/completions)"
 
 
 @pytest.mark.parametrize(

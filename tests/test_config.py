@@ -57,10 +57,13 @@ def test_the_token_file_is_created_once_with_mode_0600(tmp_path: Path,
     monkeypatch.delenv("VLMD_TOKEN", raising=False)
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     config = Config().replace(log={"path": str(tmp_path / "state" / "vlmd.db")})
-    token = config.resolve_token()
     path = tmp_path / "state" / "vlmd.token"
+    assert config.resolve_token() == ""  # a client never creates one
+    assert not path.exists()
+    token = config.resolve_token(create=True)
     assert path.stat().st_mode & 0o777 == 0o600
     assert len(token) >= 32
     assert config.resolve_token() == token
+    assert config.resolve_token(create=True) == token
     monkeypatch.setenv("VLMD_TOKEN", "from-env")
     assert config.resolve_token() == "from-env"

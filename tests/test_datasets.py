@@ -157,7 +157,8 @@ JSONL_ERRORS = [
      "in double quotes"),
     (row(id="1"), "[", "2: bad JSON at column 2: Expecting value; expected one JSON object per "
      "line"),
-    (row(id="1"), '["a list"]', "2: expected a JSON object, got list"),
+    (row(id="1"), '["a list"]', "2: expected a JSON object, got an array: write JSON Lines, "
+     "one object per line"),
     (row(id="1"), "{}", "2: id: missing field"),
     (row(id="1"), row(id="2", question=None), "2: question: empty"),
     (row(id="1"), {k: v for k, v in row(id="2").items() if k != "answer"},

@@ -135,9 +135,9 @@ def test_argparse_usage_errors_exit_2(argv: list[str]) -> None:
     (["export", RUN, "--db", "{db}", "-o", "{root}"], "Is a directory"),
     (["export", RUN, "--db", "{db}", "-o", "/nonexistent/dir/out.csv"], "No such file"),
     (["export", "nope", "--db", "{db}"], "no run 'nope'"),
-    (["runs"], "cannot reach vlmd"),
+    (["runs", "--db", "{missing}"], "no such event log"),  # no daemon: runs reads the log
     (["cancel", RUN], "cannot reach vlmd"),
-    (["report"], "cannot reach vlmd"),
+    (["report", "--db", "{garbage}"], "file is not a database"),
     (["datasette", "{missing}"], "no such event log"),
 ])
 def test_named_problems_are_one_line_errors(sandbox: Sandbox, argv: list[str],

@@ -30,9 +30,10 @@ LAYERS: dict[str, set[str]] = {
 }
 # what vlmd may import of the agent: the wire schema and its catalog; the dataset readers
 # (standard library only: the daemon serves items' images and checks a dataset before a run);
-# the demo dataset's builder (`vlmd demo`).
+# the demo dataset's builder (`vlmd demo`); the preflight checks (stdlib and httpx: the daemon
+# checks a model before a run).
 AGENT_API = ("vlmd_agent.wire", "vlmd_agent.catalog", "vlmd_agent.evaluate.datasets",
-             "vlmd_agent.evaluate.demo_data")
+             "vlmd_agent.evaluate.demo_data", "vlmd_agent.evaluate.preflight")
 # the agent: watching and evaluating meet only in the pipe protocol, the wire and the outbox
 AGENT_LAYERS: dict[str, set[str]] = {
     "vlmd_agent.catalog": set(),
@@ -40,9 +41,10 @@ AGENT_LAYERS: dict[str, set[str]] = {
     "vlmd_agent.pipe": {"vlmd_agent.wire", "vlmd_agent.scoring", "vlmd_agent.outbox"},
     "vlmd_agent.outbox": {"vlmd_agent.wire"},
     "vlmd_agent.evaluate": {"vlmd_agent.wire", "vlmd_agent.catalog", "vlmd_agent.pipe",
-                            "vlmd_agent.outbox", "vlmd_agent.scoring"},
+                            "vlmd_agent.outbox", "vlmd_agent.scoring",
+                            "vlmd_agent.breaker"},
     "vlmd_agent.watch": {"vlmd_agent.wire", "vlmd_agent.catalog", "vlmd_agent.pipe",
-                         "vlmd_agent.outbox", "vlmd_agent.scoring"},
+                         "vlmd_agent.outbox", "vlmd_agent.scoring", "vlmd_agent.breaker"},
     "vlmd_agent.scoring": set(),
 }
 

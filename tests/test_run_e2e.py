@@ -56,7 +56,8 @@ def test_vlmd_run_with_an_embedded_daemon_ends_with_a_summary_and_answers(
     assert done.returncode == 0, done.stderr
     assert "smoke" in done.stdout and "25/25" in done.stdout
     assert "ACCURACY" in done.stdout and "TTFT_P50_MS" in done.stdout
-    text = (tmp_path / "out" / "smoke" / "answers.csv").read_text()
+    [csv_path] = (tmp_path / "out").glob("smoke-r-*/answers.csv")  # NAME-RUNID
+    text = csv_path.read_text()
     rows = list(csv.DictReader(io.StringIO(text)))
     assert sorted(r["item"] for r in rows) == sorted(f"demo-{i:04d}" for i in range(25))
     assert "[########################] 25/25" in done.stderr

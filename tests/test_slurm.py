@@ -257,7 +257,8 @@ def test_a_four_shard_run_is_one_array_job_and_the_log_says_where_each_shard_ran
                           "--shards", "4", "--name", "four", "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     run = slurm_vlmd.state("four")["run"]
-    csv_rows = (tmp_path / "out" / "four" / "answers.csv").read_text().splitlines()[1:]
+    [csv_path] = (tmp_path / "out").glob("four-r-*/answers.csv")
+    csv_rows = csv_path.read_text().splitlines()[1:]
     assert Counter(row.split(",")[1] for row in csv_rows) == ALL_ITEMS
     assert slurm_vlmd.answered(run) == ALL_ITEMS
     [scheduled] = slurm_vlmd.events(run, "run.scheduled")

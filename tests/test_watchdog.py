@@ -434,12 +434,13 @@ putlog.PutLog.append = append
 async def test_when_the_wrapper_spool_cannot_write_the_wrapper_is_stopped_and_the_run_fails(
         daemon: Daemon, agents: Agents, tmp_path: Path) -> None:
     """No item is evaluated into the void: the watchdog stops the wrapper at the first event it
-    cannot spool (its disk full, here a put log that says ENOSPC after 6 puts)."""
+    cannot spool (its disk full, here a put log that says ENOSPC after 9 puts)."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(FULL_SPOOL)
     agent = await agents.start(daemon, "r-full", "--model", "demo:instant:50", env={
         "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path]),
-        "VLMD_TEST_SPOOL_PUTS": "6"})  # run.started and 5 items
+        # run.phase resolving and loading, run.started, run.phase warmup, and 5 items
+        "VLMD_TEST_SPOOL_PUTS": "9"})
     assert await finished(agent) == 1
     [failed] = await wait_events(daemon, "r-full", "run.failed")
     assert "cannot spool the wrapper's events" in failed["body"]["reason"]

@@ -51,6 +51,8 @@ class WatchdogConfig:
     interval_s: float = 0.05
     heartbeat_s: float = 1.0
     hang_after_s: float = 120.0
+    fail_after: int = 10
+    max_failed: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,12 @@ class Config:
             built[name] = _section(factory(), value, f"{source}: [{name}]")
         return cls(**built, source=source)
 
-    def resolve_token(self) -> str:
-        """The write token: ``$VLMD_TOKEN``, else ``server.token``, else the state file's.
+    def resolve_token(self, *, create: bool = False) -> str:
+        """The write token: ``$VLMD_TOKEN``, else ``server.token``, else the state file's
+        (``vlmd.token`` beside the log, or in ``$STATE_DIRECTORY``); "" when there is none.
 
-        The state file (``vlmd.token`` beside the log, or in ``$STATE_DIRECTORY``) is created on
-        first use with mode 0600.
+        With `create` (the daemon, on its first start) a missing state file is created with
+        mode 0600. A client never creates one: a token it made up would only be refused.
         """
         token = os.environ.get("VLMD_TOKEN") or self.server.token
         if token:
@@ -134,12 +137,24 @@ class Config:
         try:
             return path.read_text().strip()
         except FileNotFoundError:
+            if not create:
+                return ""
             path.parent.mkdir(parents=True, exist_ok=True)
             token = secrets.token_urlsafe(32)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token + "\n")
             return token
+
+    def token_hint(self) -> str:
+        """Where a client looked for the token, and how to give it the daemon's (for a 401)."""
+        path = self.state_dir / TOKEN_FILE
+        looked = ["$VLMD_TOKEN (set)" if os.environ.get("VLMD_TOKEN") else "$VLMD_TOKEN (unset)",
+                  f"server.token in {self.source} ({'set' if self.server.token else 'unset'})",
+                  f"{path} ({'read' if path.is_file() else 'no such file'})"]
+        return (f"this client looked in {', '.join(looked)}; set VLMD_TOKEN to the daemon's "
+                "token (the vlmd.token in its state directory), or pass --config with the "
+                "daemon's vlmd.toml")
 
     @property
     def state_dir(self) -> Path:

@@ -152,6 +152,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-restarts", type=_count, default=3)
     p.add_argument("--vram-high", type=_fraction, default=0.95)
     p.add_argument("--ram-high", type=_fraction, default=0.95)
+    p.add_argument("--fail-after", type=_count, default=10,
+                   help="circuit breaker: fail the run when its first N items all fail with "
+                        "the same error (0: no breaker)")
+    p.add_argument("--max-failed", type=_fraction, default=0.5,
+                   help="circuit breaker: fail the run when more than this fraction of its "
+                        "items failed, once --fail-after items are done (1: never)")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="do not ask an openai: server for its models before the first item")
     p.add_argument("--stop-timeout-s", type=_positive, default=20.0,
                    help="after SIGTERM, how long the wrapper may take before SIGKILL")
     p.add_argument("--token-file", type=Path, help="file holding the token (else $VLMD_TOKEN)")
@@ -223,14 +231,15 @@ def config(argv: Sequence[str] | None = None,
                             temperature=args.temperature, system_prompt=args.system_prompt,
                             extra_body=args.extra_body, api_key_env=args.api_key_env,
                             prompt_template=args.prompt_template, columns=args.columns,
-                            judge=args.judge)
+                            judge=args.judge, preflight=not args.no_preflight)
     return WatchdogConfig(
         wrapper, token, interval_s=args.interval_s, heartbeat_s=args.heartbeat_s,
         hang_after_s=args.hang_after_s, loading_hang_s=args.loading_hang_s,
         on_hang=args.on_hang, max_restarts=args.max_restarts, vram_high=args.vram_high,
         ram_high=args.ram_high, stop_timeout_s=args.stop_timeout_s, cgroup=cgroup,
         server_metrics=server_metrics(p, args), server_metrics_s=args.server_metrics_s,
-        server_metrics_guessed=args.server_metrics == "auto")
+        server_metrics_guessed=args.server_metrics == "auto", fail_after=args.fail_after,
+        max_failed=args.max_failed)
 
 
 def server_metrics(p: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:

@@ -70,6 +70,9 @@ class WrapperConfig:
     prompt_template: str | None = None
     columns: str | None = None
     judge: str | None = None
+    preflight: bool = True  # ask an openai: server for its models before the first item
+    fail_after: int = 0  # the circuit breaker (`vlmd_agent.breaker`; the watchdog sets it); 0: none
+    max_failed: float = 1.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

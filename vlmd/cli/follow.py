@@ -33,14 +33,25 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def phase_text(phase: dict[str, Any] | None, now: float | None = None) -> str:
+    """What the run's agents are doing (a `RunState.phase`), for the status line: its message
+    and for how long; "" once they evaluate (the bar says the rest)."""
+    if not phase or phase.get("phase") == "evaluating":
+        return ""
+    text = str(phase.get("message") or phase.get("phase"))
+    since = (time.time() if now is None else now) - float(phase.get("at") or 0)
+    return f"{text} ({since:.0f} s)" if 0 <= since < 86_400 else text
+
+
 def status_line(row: Row) -> str:
-    """One line for a run's row: bar, done/total, failures, rate, ETA and accuracy so far."""
+    """One line for a run's row: bar, done/total, failures, what the agents are doing before
+    their first items, rate, ETA and accuracy so far."""
     total = row["total"] or 0
     done = row["done"] + row["failed"]
     filled = min(int(BAR * done / total), BAR) if total else 0
     rate, acc = row["rate"], row["accuracy"]
     parts = [f"{row['run']} [{'#' * filled}{'.' * (BAR - filled)}] {done}/{total or '?'}",
-             f"{row['failed']} failed" if row["failed"] else "",
+             f"{row['failed']} failed" if row["failed"] else "", phase_text(row.get("phase")),
              f"{rate:.1f} it/s" if rate else "", f"ETA {_duration(row['eta_s'])}",
              "" if acc is None else f"acc {acc:.3f}",
              (row.get("outcome") or row["status"]).replace("_", " ")]

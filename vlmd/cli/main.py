@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import io
 import logging
 import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -19,10 +20,10 @@ import httpx
 import orjson
 import trio
 
-from vlmd.cli import client
+from vlmd.cli import client, offline
 from vlmd.cli import cluster as _cluster_commands  # noqa: F401  (they register themselves)
 from vlmd.cli import run as _run_commands  # noqa: F401
-from vlmd.cli.base import COMMANDS, CliError, command, one_line
+from vlmd.cli.base import COMMANDS, CliError, Command, command, one_line
 from vlmd.cli.follow import StatusLine, status_line
 from vlmd.cli.wsclient import Closed, open_ws
 from vlmd.config import Config, ConfigError
@@ -88,20 +89,24 @@ def _fmt(value: Any, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-@command("runs")
+def _runs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="FILE",
+                   help="read this log file (default: ask the daemon, else read log.path)")
+
+
+@command("runs", _runs_args)
 def cmd_runs(args: argparse.Namespace, config: Config) -> int:
-    """List every run the daemon knows, newest last.
+    """List every run, oldest first; without a running daemon, from the log file.
 
     Example:
         vlmd runs
     """
-    runs = client.call(config, "GET", "/api/runs")["runs"]
-    print(f"{'RUN':14} {'NAME':16} {'STATUS':10} {'DONE':>7} {'FAILED':>6} {'TOTAL':>7} "
+    print(f"{'RUN':14} {'NAME':16} {'STATUS':22} {'DONE':>7} {'FAILED':>6} {'TOTAL':>7} "
           f"{'ACC':>6}  MODEL")
-    for r in runs:
-        print(f"{r['run']:14} {(r['name'] or '-')[:16]:16} {r['status']:10} {r['done']:7} "
-              f"{r['failed']:6} {_fmt(r['total'], 'd'):>7} {_fmt(r['accuracy'], '.3f'):>6}  "
-              f"{r['model'] or '-'}")
+    for r in offline.listing(config, args.db):
+        print(f"{r['run']:14} {(r['name'] or '-')[:16]:16} {r['outcome'] or r['status']:22} "
+              f"{r['done']:7} {r['failed']:6} {_fmt(r['total'], 'd'):>7} "
+              f"{_fmt(r['accuracy'], '.3f'):>6}  {r['model'] or '-'}")
     return 0
 
 
@@ -289,6 +294,7 @@ def parser() -> argparse.ArgumentParser:
     shared.add_argument("--config", metavar="PATH",
                         help="vlmd.toml (default: $VLMD_CONFIG, else ./vlmd.toml, else defaults)")
     top = argparse.ArgumentParser(prog="vlmd", description=__doc__)
+    top.add_argument("--version", action="version", version=f"vlmd {_version()}")
     subs = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, setup) in COMMANDS.items():
         doc = fn.__doc__ or ""
@@ -298,8 +304,37 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("vlmd")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "(not installed)"
+
+
+def _unwrapped(fn: Command, args: argparse.Namespace, config: Config) -> int:
+    """`fn(args, config)`; an error that trio wrapped alone in an exception group (raised
+    inside a nursery, e.g. under an embedded daemon) is raised bare, so a user error reads the
+    same whichever way `vlmd run` reached vlmd."""
+    try:
+        return fn(args, config)
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            yield from _leaves(e)
+        else:
+            yield e
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``vlmd``: exit status 0 on success, 2 on a user mistake."""
+    """Entry point of ``vlmd``: exit status 0 on success, 2 on a user mistake (`vlmd run`
+    has more: see its help)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -307,9 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = Config.load(args.config)
         fn, _ = COMMANDS[args.command]
-        return fn(args, config)
+        return _unwrapped(fn, args, config)
     except (ConfigError, CliError, AmbiguousName) as e:
-        print(f"vlmd {args.command}: {one_line(str(e))}", file=sys.stderr)
+        text = "\n  ".join(one_line(line) for line in str(e).split("\n"))
+        print(f"vlmd {args.command}: {text}", file=sys.stderr)
         return 2
     except (OSError, sqlite3.DatabaseError, UnicodeError, OverflowError, httpx.InvalidURL) as e:
         # a file or value the user named that cannot be used: say which, without a traceback

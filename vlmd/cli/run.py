@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import trio
 
+from vlmd.cli import offline
+from vlmd.cli.attach import EXIT_DETACHED, ending_lines, exit_status, watch
 from vlmd.cli.base import CliError, command
 from vlmd.cli.client import Client, answers, call
 from vlmd.cli.follow import follow, report_table
@@ -28,46 +33,85 @@ from vlmd.launch.submit import SubmitError, evaluation_options
 DEMO_MODELS = ("demo:tiny", "demo:small")
 
 
+@dataclass
+class Session:
+    """A client of the daemon a command runs against; `embedded`: started here, it stops when
+    the command ends (`keep_agents`: without stopping the agents it launched first)."""
+
+    client: Client
+    embedded: bool
+    keep_agents: bool = False
+
+
 @asynccontextmanager
-async def connect(config: Config) -> AsyncIterator[tuple[Client, bool]]:
-    """A client of the configured daemon, or of an embedded one started here (True)."""
+async def connect(config: Config) -> AsyncIterator[Session]:
+    """A session with the configured daemon, or with an embedded one started here, whose log
+    lines go to a file (not the terminal, where they would break the progress bar)."""
     if await answers(config.url):
         async with Client.of(config) as client:
-            yield client, False
+            yield Session(client, False)
         return
-    print(f"vlmd: no daemon at {config.url}; starting one here (log {config.log.path})",
-          file=sys.stderr)
-    async with trio.open_nursery() as nursery:
-        try:
-            daemon = await nursery.start(serve, config)
-        except OSError as e:
-            raise CliError(f"cannot start vlmd on {config.url}: {e}") from None
-        client = Client(daemon.url, daemon.token)
-        try:
-            yield client, True
-            launcher = daemon.launcher  # not on Ctrl-C: vlmd stops at once then
-            if isinstance(launcher, LocalLauncher) and (left := await launcher.stop_agents()):
-                print(f"vlmd: {left} agent(s) still running; their spools keep their events",
-                      file=sys.stderr)
-        finally:
-            await client.aclose()
-            daemon.shutdown.set()
+    logfile = config.state_dir / "vlmd.log"
+    print(f"vlmd: no daemon at {config.url}; starting one here (log {config.log.path}, its "
+          f"messages in {logfile})", file=sys.stderr)
+    with _logging_to(logfile):
+        async with trio.open_nursery() as nursery:
+            try:
+                daemon = await nursery.start(serve, config)
+            except OSError as e:
+                raise CliError(f"cannot start vlmd on {config.url}: {e}") from None
+            session = Session(Client(daemon.url, daemon.token), True)
+            try:
+                yield session
+                launcher = daemon.launcher  # not on Ctrl-C: vlmd stops at once then
+                if (isinstance(launcher, LocalLauncher) and not session.keep_agents
+                        and (left := await launcher.stop_agents())):
+                    print(f"vlmd: {left} agent(s) still running; their spools keep their "
+                          "events", file=sys.stderr)
+            finally:
+                await session.client.aclose()
+                daemon.shutdown.set()
 
 
-async def run_one(client: Client, body: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Submit a run, show its progress until it ends, save its answers.csv; returns its state."""
+@contextmanager
+def _logging_to(path: Path) -> Iterator[None]:
+    """Send every log record to `path` instead of the terminal, for the duration."""
+    root = logging.getLogger()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    before = root.handlers[:]
+    root.handlers[:] = [handler]
+    try:
+        yield
+    finally:
+        root.handlers[:] = before
+        handler.close()
+
+
+async def run_one(session: Session, body: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Submit a run, show its progress until it ends, save its answers.csv; returns its state
+    (with ``answers_csv``), or None when a Ctrl-C left it running."""
+    client = session.client
     submitted = await client.call("POST", "/api/runs", json=body)
     run = submitted["run"]
     print(f"vlmd: run {run} submitted ({body['model']} on {body['dataset']}); "
           f"dashboard: {client.url}/run.html?run={run}", file=sys.stderr)
-    await follow(client.url.replace("http", "ws", 1), run, 0)
+    if await watch(client, run, embedded=session.embedded) == "detached":
+        session.keep_agents = True
+        raise Detached(run)
     state = await client.call("GET", f"/api/runs/{run}")
     csv = await client.call("GET", f"/api/runs/{run}/answers.csv")
-    path = out_dir / f"{state['name'] or run}" / "answers.csv"
+    # the id keeps two runs of one name apart
+    path = out_dir / (f"{state['name']}-{run}" if state["name"] else run) / "answers.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(csv.content)
     state["answers_csv"] = str(path)
     return dict(state)
+
+
+class Detached(Exception):
+    """A Ctrl-C left the run going on without this command."""
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -86,7 +130,17 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", type=int, default=1, help="agents to split the items over")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--on-hang", choices=("report", "restart"), default="report")
-    p.add_argument("--out", default="vlmd-out", help="folder for answers.csv (default vlmd-out)")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="do not ask an openai: server for its models (or look into an hf: "
+                        "folder) before the run; for servers without /v1/models")
+    p.add_argument("--fail-after", type=int, metavar="N",
+                   help="fail the run when its first N items all fail alike (0: never; "
+                        "default: [watchdog] fail_after, 10)")
+    p.add_argument("--max-failed", type=float, metavar="FRACTION",
+                   help="fail the run when more than this fraction of its items failed "
+                        "(default: [watchdog] max_failed, 0.5)")
+    p.add_argument("--out", default="vlmd-out",
+                   help="folder for NAME-RUN/answers.csv (default vlmd-out)")
     serving = p.add_argument_group("serving (openai: models; --concurrency and --rate: any)")
     serving.add_argument("--concurrency", type=int, help="requests in flight per agent "
                                                          "(default 1)")
@@ -123,6 +177,13 @@ def serving_body(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """Evaluate a model on a dataset, with a progress bar, then print the summary.
 
+    The model and dataset are checked before anything runs (--no-preflight skips the model
+    check); a run whose first items all fail alike stops as failed. Ctrl-C leaves the run going
+    on (or cancels it: you are asked); `vlmd follow RUN` attaches again.
+
+    Exit status: 0 finished with no failed item, 1 failed or cancelled, 2 a usage error,
+    3 finished with failed items, 130 left running after Ctrl-C.
+
     Example:
         vlmd run --model demo:tiny --dataset demo.jsonl --name tiny-check --limit 50
         vlmd run --model openai:qwen2-vl@http://127.0.0.1:8000/v1 --dataset mmbench.tsv \\
@@ -130,10 +191,17 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         vlmd run --model openai:qwen2-vl@http://127.0.0.1:8000 --dataset mmbench_dev/ \\
             --judge openai:qwen2.5-7b@http://127.0.0.1:8001
     """
-    body = {"model": args.model, "dataset": str(Path(args.dataset).resolve()),
-            "shards": args.shards, "max_new_tokens": args.max_new_tokens,
-            "on_hang": args.on_hang, **serving_body(args)}
-    body.update({k: v for k, v in (("name", args.name), ("limit", args.limit)) if v is not None})
+    model = args.model
+    if model.startswith("hf:") and not Path(model[3:]).expanduser().is_absolute():
+        model = f"hf:{Path(model[3:]).expanduser().resolve()}"  # the daemon's cwd is not ours
+    body: dict[str, Any] = {"model": model, "dataset": str(Path(args.dataset).resolve()),
+                            "shards": args.shards, "max_new_tokens": args.max_new_tokens,
+                            "on_hang": args.on_hang, **serving_body(args)}
+    body.update({k: v for k, v in (("name", args.name), ("limit", args.limit),
+                                   ("fail_after", args.fail_after),
+                                   ("max_failed", args.max_failed)) if v is not None})
+    if args.no_preflight:
+        body["preflight"] = False
     try:
         body.update(evaluation_options({"prompt_template": args.prompt_template,
                                         "columns": args.columns, "judge": args.judge}))
@@ -142,13 +210,17 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         raise CliError(f"--{option.replace('_', '-')}: {why}") from None
 
     async def main() -> dict[str, Any]:
-        async with connect(config) as (client, _):
-            return await run_one(client, body, Path(args.out))
+        async with connect(config) as session:
+            return await run_one(session, body, Path(args.out))
 
-    state = trio.run(main)
+    try:
+        state = trio.run(main)
+    except Detached:
+        return EXIT_DETACHED
     print(report_table([state]))
+    print("\n".join(ending_lines(state)))
     print(f"answers.csv: {state['answers_csv']}")
-    return 0 if state["status"] == "finished" else 1
+    return exit_status(state)
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -170,20 +242,20 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     dataset = demo_data.build(home / "demo-data")
 
     async def main() -> list[dict[str, Any]]:
-        async with connect(config) as (client, embedded):
+        async with connect(config) as session:
             states = []
             for model in DEMO_MODELS:
                 body: dict[str, Any] = {"model": model, "dataset": str(dataset),
                                         "name": model.replace(":", "-")}
                 if args.limit:
                     body["limit"] = args.limit
-                states.append(await run_one(client, body, Path(args.out)))
+                states.append(await run_one(session, body, Path(args.out)))
             print(report_table(states))
             for state in states:
                 print(f"answers.csv ({state['model']}): {state['answers_csv']}")
             if not args.exit:
-                print(f"dashboard: {client.url}/ (Ctrl-C to stop)", file=sys.stderr)
-                if embedded:
+                print(f"dashboard: {session.client.url}/ (Ctrl-C to stop)", file=sys.stderr)
+                if session.embedded:
                     await trio.sleep_forever()
             return states
 
@@ -191,26 +263,27 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         states = trio.run(main)
     except KeyboardInterrupt:
         return 0
-    return 0 if all(s["status"] == "finished" for s in states) else 1
+    except Detached:
+        return EXIT_DETACHED
+    return max(exit_status(s) for s in states)
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="*", metavar="RUN", help="run ids or names (default: all)")
+    p.add_argument("--db", metavar="FILE",
+                   help="read this log file (default: ask the daemon, else read log.path)")
 
 
 @command("report", _report_args)
 def cmd_report(args: argparse.Namespace, config: Config) -> int:
     """Compare runs by accuracy and cost: TTFT p50/p99, TPOT p50, peak VRAM delta, items/s.
 
+    Without a running daemon it reads the log file.
+
     Example:
         vlmd report nightly-7b nightly-13b
     """
-    async def main() -> list[dict[str, Any]]:
-        async with Client.of(config) as client:
-            runs = args.runs or [r["run"] for r in (await client.call("GET", "/api/runs"))["runs"]]
-            return [await client.call("GET", f"/api/runs/{run}") for run in runs]
-
-    states = trio.run(main)
+    states = offline.states(config, args.runs, args.db)
     if not states:
         raise CliError("no runs yet; start one with `vlmd run` or `vlmd demo`")
     print(report_table(states))
@@ -228,6 +301,38 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
     Example:
         vlmd cancel nightly-7b
     """
-    result = call(config, "POST", f"/api/runs/{args.run}/cancel")
+    result = call(config, "POST", f"/api/runs/{quote(args.run, safe='')}/cancel")
     print(f"run {result['run']} cancelled ({result['agents_stopped']} agents stopped)")
     return 0
+
+
+def _follow_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run id or name")
+
+
+@command("follow", _follow_args)
+def cmd_follow(args: argparse.Namespace, config: Config) -> int:
+    """Show a run's progress bar until it ends (any run: also one `vlmd run` left after a
+    Ctrl-C), then its summary; the exit status is `vlmd run`'s. Ctrl-C leaves the run going.
+
+    Example:
+        vlmd follow nightly-7b
+    """
+    async def main() -> dict[str, Any]:
+        async with Client.of(config) as client:
+            run = (await client.call("GET", f"/api/runs/{quote(args.run, safe='')}"))["run"]
+            try:
+                await follow(client.url.replace("http", "ws", 1), run, 0)
+            except KeyboardInterrupt:
+                print(f"\nvlmd: run {run} goes on (follow it: vlmd follow {run}; cancel it: "
+                      f"vlmd cancel {run})", file=sys.stderr)
+                raise Detached(run) from None
+            return dict(await client.call("GET", f"/api/runs/{run}"))
+
+    try:
+        state = trio.run(main)
+    except Detached:
+        return EXIT_DETACHED
+    print(report_table([state]))
+    print("\n".join(ending_lines(state)))
+    return exit_status(state)

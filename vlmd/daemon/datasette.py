@@ -92,9 +92,10 @@ def prepared(db: str | Path, *, snapshot: bool = False) -> Iterator[tuple[Path, 
         yield target, meta
 
 
-async def supervise(db: str | Path, port: int, *,
+async def supervise(db: str | Path, port: int, logfile: Path, *,
                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run Datasette over the live log `db` on `port` (0: a free one) until cancelled.
+    """Run Datasette over the live log `db` on `port` (0: a free one) until cancelled; its
+    output goes to `logfile` (not vlmd's terminal, where it would break a progress bar).
 
     Calls ``task_status.started(url)`` once the first child is spawned (it answers a second or
     two later), or with ``""`` when Datasette is not installed. A child that exits is
@@ -113,9 +114,11 @@ async def supervise(db: str | Path, port: int, *,
         task_status.started(url)
         while True:
             began = trio.current_time()
-            log.info("starting Datasette at %s/%s", url, DATABASE)
-            done = await trio.run_process(command(target, port, meta), check=False,
-                                          stdout=subprocess.DEVNULL, env=child_env())
+            log.info("starting Datasette at %s/%s (its log: %s)", url, DATABASE, logfile)
+            logfile.parent.mkdir(parents=True, exist_ok=True)
+            with logfile.open("ab") as out:
+                done = await trio.run_process(command(target, port, meta), check=False,
+                                              stdout=out, stderr=out, env=child_env())
             if trio.current_time() - began >= HEALTHY_AFTER_S:
                 pause = RESTART_MIN_S
             log.warning("Datasette exited with status %s; restarting in %.1f s",

@@ -147,7 +147,7 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
         live = Live(event_log, Feed(server.feed_buffer, int(server.feed_buffer_mb * 2**20)))
         live.liveness = liveness.Liveness(config.watchdog.heartbeat_s)
         await live.rebuild()
-        token = config.resolve_token()
+        token = config.resolve_token(create=True)
         warn_if_exposed(config)
         launcher = await _launcher(config, token, live)
         if not wsframes.install():  # one serialisation of each feed frame for every client
@@ -170,7 +170,8 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
                 await services.start(liveness.watch, live.liveness, _retrying(live))
                 if config.datasette.enabled:
                     live.datasette_url = await services.start(
-                        datasette.supervise, config.log.path, config.datasette.port) or None
+                        datasette.supervise, config.log.path, config.datasette.port,
+                        config.state_dir / "datasette.log") or None
                 await services.start(notify.keep_alive, live)
                 log.info("listening on %s (log %s: %d events, %d runs)", url, event_log.path,
                          live.head, len(live.tracker.runs))

@@ -58,6 +58,9 @@ class LaunchSpec:
     prompt_template: str | None = None
     columns: str | None = None
     judge: str | None = None
+    preflight: bool = True  # agents check an openai: server before their first item
+    fail_after: int | None = None  # the circuit breaker's settings; None: [watchdog]'s
+    max_failed: float | None = None
 
     @classmethod
     def from_submitted(cls, run: str, body: dict[str, Any]) -> LaunchSpec:
@@ -69,7 +72,9 @@ class LaunchSpec:
                    device=cfg.get("device") or "auto", on_hang=cfg.get("on_hang") or "report",
                    options={"name": body["name"]} if body.get("name") else {},
                    serving={k: cfg[k] for k in SERVING if cfg.get(k) is not None},
-                   **{k: cfg.get(k) for k in EVALUATION_OPTIONS})
+                   **{k: cfg.get(k) for k in EVALUATION_OPTIONS},
+                   preflight=cfg.get("preflight", True) is not False,
+                   fail_after=cfg.get("fail_after"), max_failed=cfg.get("max_failed"))
 
     def agent_args(self, url: str, shard: int, config: Config) -> list[str]:
         """The ``vlmd-agent`` arguments of one shard (the token travels in the environment)."""
@@ -78,7 +83,11 @@ class LaunchSpec:
                 "--dataset", self.dataset, "--max-new-tokens", str(self.max_new_tokens),
                 "--device", self.device, "--on-hang", self.on_hang,
                 "--interval-s", str(w.interval_s), "--heartbeat-s", str(w.heartbeat_s),
-                "--hang-after-s", str(w.hang_after_s)]
+                "--hang-after-s", str(w.hang_after_s),
+                "--fail-after", str(w.fail_after if self.fail_after is None else self.fail_after),
+                "--max-failed", str(w.max_failed if self.max_failed is None else self.max_failed)]
+        if not self.preflight:
+            args.append("--no-preflight")
         if self.shards > 1:
             args += ["--shard", f"{shard}/{self.shards}"]
         if self.limit is not None:
@@ -201,8 +210,11 @@ class LocalLauncher:
         env = {**os.environ, "VLMD_TOKEN": self.token}
         logfile = self.logs / f"{spec.run}-{shard}.log"
         with logfile.open("ab") as out:
+            # a session of its own: a Ctrl-C meant for `vlmd run` (or `vlmd serve`) in a
+            # terminal does not reach the agents, which go on
             proc = await trio.lowlevel.open_process(cmd, env=env, stdout=out, stderr=out,
-                                                    stdin=subprocess.DEVNULL)
+                                                    stdin=subprocess.DEVNULL,
+                                                    start_new_session=True)
         self.procs[(spec.run, shard)] = proc
         log.info("run %s: agent for shard %d/%d started (pid %d, log %s)", spec.run, shard,
                  spec.shards, proc.pid, logfile)

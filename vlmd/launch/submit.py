@@ -1,4 +1,8 @@
-"""Run submission: check a `POST /api/runs` body and turn it into events and a `LaunchSpec`."""
+"""Run submission: check a `POST /api/runs` body and turn it into events and a `LaunchSpec`.
+
+`parse` checks the body's fields; `preflight` then checks that the run can work at all (the
+model answers or loads, the dataset is valid) before any agent starts.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,14 @@ from typing import Any
 from vlmd.launch.launcher import EVALUATION_OPTIONS, SERVING, LaunchSpec
 from vlmd_agent import wire
 from vlmd_agent.evaluate import datasets
+from vlmd_agent.evaluate import preflight as pre
 
 MODEL_RE = re.compile(r"(openai:[^@\s]+@https?://\S+|hf:\S+|demo:[A-Za-z0-9_.:-]+)")
 JUDGE_RE = re.compile(r"openai:[^@\s]+@https?://\S+")
 LIMITS = {"shards": (1, 256), "limit": (1, 10_000_000), "max_new_tokens": (1, 32_768),
-          "concurrency": (1, 1024)}
+          "concurrency": (1, 1024), "fail_after": (0, 10_000_000)}
 FIELDS = {"model", "dataset", "name", "shards", "limit", "max_new_tokens", "device", "on_hang",
-          *SERVING, *EVALUATION_OPTIONS}
+          "preflight", "fail_after", "max_failed", *SERVING, *EVALUATION_OPTIONS}
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_TEXT = 65_536
 MAX_OPTION = 4096
@@ -80,11 +85,20 @@ def parse(body: Any) -> LaunchSpec:
     if "concurrency" in numbers:
         found["concurrency"] = numbers["concurrency"]
     serving = {key: found[key] for key in SERVING if key in found}
+    check = body.get("preflight", True)
+    if type(check) is not bool:
+        raise SubmitError("preflight: expected true or false")
+    max_failed = body.get("max_failed")
+    if max_failed is not None and (type(max_failed) not in (int, float)
+                                   or not 0 < max_failed <= 1):
+        raise SubmitError("max_failed: expected a fraction above 0, at most 1")
     return LaunchSpec(run=wire.new_run_id(), model=model, dataset=str(path),
                       shards=numbers.get("shards", 1), limit=numbers.get("limit"),
                       max_new_tokens=numbers.get("max_new_tokens", 32), device=device,
                       on_hang=on_hang, options={"name": name} if name else {},
-                      serving=serving, **evaluation)
+                      serving=serving, **evaluation, preflight=check,
+                      fail_after=numbers.get("fail_after"),
+                      max_failed=None if max_failed is None else float(max_failed))
 
 
 def serving_options(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -159,14 +173,39 @@ def _judge(spec: str) -> None:
                          "OpenAI-compatible server)")
 
 
-def submitted_event(spec: LaunchSpec) -> dict[str, Any]:
-    """The ``run.submitted`` envelope that records the submission in the log."""
+def preflight(spec: LaunchSpec) -> int:
+    """Check that `spec` can work before any agent starts (blocking: run it in a thread): the
+    model SPEC reads well (a ``demo:`` name exists), the model answers or loads
+    (`vlmd_agent.evaluate.preflight.check_model`; a submission with ``preflight`` off skips
+    this, for servers without ``/v1/models`` or folders only the agents' hosts have) and the
+    dataset is valid. Returns the run's item count.
+
+    Raises SubmitError saying what to fix.
+    """
+    try:
+        if spec.preflight:
+            pre.check_model(spec.model, api_key_env=spec.serving.get("api_key_env"))
+        else:
+            pre.parse_spec(spec.model)
+        return pre.check_dataset(spec.dataset, spec.limit, spec.columns)
+    except pre.PreflightError as e:
+        raise SubmitError(str(e)) from None
+    except ValueError as e:  # parse_spec's
+        raise SubmitError(f"model: {e}") from None
+
+
+def submitted_event(spec: LaunchSpec, total: int | None = None) -> dict[str, Any]:
+    """The ``run.submitted`` envelope that records the submission in the log (with the item
+    count when `preflight` found it)."""
     body: dict[str, Any] = {
         "model": spec.model, "dataset": spec.dataset, "shards": spec.shards,
         "config": {"limit": spec.limit, "max_new_tokens": spec.max_new_tokens,
                    "device": spec.device, "on_hang": spec.on_hang, "launcher": "local",
-                   **spec.serving,
+                   "preflight": spec.preflight, "fail_after": spec.fail_after,
+                   "max_failed": spec.max_failed, **spec.serving,
                    **{k: v for k in EVALUATION_OPTIONS if (v := getattr(spec, k)) is not None}}}
     if spec.options.get("name"):
         body["name"] = spec.options["name"]
+    if total is not None:
+        body["total"] = total
     return wire.envelope(spec.run, "run.submitted", body, key=f"{spec.run}/submitted")

@@ -180,8 +180,12 @@ class Api:
         except (OSError, RuntimeError) as e:  # a path too long, "~nobody" (no such home)
             why = e.strerror if isinstance(e, OSError) else str(e)
             raise ApiError(422, f"dataset: cannot use that path ({why})") from None
+        try:
+            total = await trio.to_thread.run_sync(submit.preflight, spec)
+        except submit.SubmitError as e:
+            raise ApiError(422, str(e)) from None
         name = spec.options.get("name")
-        event = submit.submitted_event(spec)
+        event = submit.submitted_event(spec, total)
         event["body"]["config"]["launcher"] = self.launcher.kind
         await self.live.append([event])
         await self.launcher.launch(spec)

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,10 @@ def names() -> list[str]:
     return sorted(SPECS)
 
 
-def build(name: str, directory: Path) -> Path:
-    """Build demo model ``name`` into ``directory / name`` and return that folder.
+def build(name: str, directory: Path, progress: Callable[[int, int], None] | None = None
+          ) -> Path:
+    """Build demo model ``name`` into ``directory / name`` and return that folder;
+    ``progress(step, steps)`` hears of each training step while it builds.
 
     Idempotent: a manifest records the recipe and a SHA-256 of every file; when it matches what
     is on disk the folder is returned untouched, otherwise it is rebuilt (into a temporary
@@ -131,7 +134,7 @@ def build(name: str, directory: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        _write_model(spec, staging)
+        _write_model(spec, staging, progress)
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
         manifest = {"recipe": recipe, "files": files}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -205,7 +208,8 @@ def _write_tokenizer(spec: DemoSpec) -> Any:
     )
 
 
-def _write_model(spec: DemoSpec, folder: Path) -> None:
+def _write_model(spec: DemoSpec, folder: Path,
+                 progress: Callable[[int, int], None] | None = None) -> None:
     import torch
     from transformers import (
         CLIPImageProcessorPil,
@@ -262,7 +266,7 @@ def _write_model(spec: DemoSpec, folder: Path) -> None:
     )
     torch.manual_seed(SEED)
     model = LlavaForConditionalGeneration(config)
-    demo_train.train(model, processor, spec.train)
+    demo_train.train(model, processor, spec.train, progress=progress)
     model.generation_config.do_sample = False
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

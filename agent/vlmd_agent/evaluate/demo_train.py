@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -167,8 +167,10 @@ def _loss(model: Any, data: _Data, batch: list[int]) -> Any:
     return functional.cross_entropy(model.lm_head(picked), torch.tensor(wanted))
 
 
-def train(model: Any, processor: Any, plan: TrainPlan, seed: int = TRAIN_SEED) -> list[float]:
-    """Train ``model`` in place on `pictures` by teacher forcing; return every step's loss.
+def train(model: Any, processor: Any, plan: TrainPlan, seed: int = TRAIN_SEED,
+          progress: Callable[[int, int], None] | None = None) -> list[float]:
+    """Train ``model`` in place on `pictures` by teacher forcing; return every step's loss;
+    ``progress(step, steps)`` is told after each step.
 
     AdamW with a linear warm-up to ``plan.learning_rate`` and a cosine decay to zero; batches of
     ``plan.batch_size`` pictures (each with all its questions) come from a seeded generator, and
@@ -199,7 +201,7 @@ def train(model: Any, processor: Any, plan: TrainPlan, seed: int = TRAIN_SEED) -
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, rate)
         model.train()
         order: list[int] = []
-        for _ in range(plan.steps):
+        for step in range(plan.steps):
             if len(order) < plan.batch_size:
                 order = torch.randperm(plan.images, generator=generator).tolist()
             batch, order = order[: plan.batch_size], order[plan.batch_size :]
@@ -209,6 +211,8 @@ def train(model: Any, processor: Any, plan: TrainPlan, seed: int = TRAIN_SEED) -
             optimiser.step()
             schedule.step()
             losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(step + 1, plan.steps)
     finally:
         torch.set_num_threads(threads)
         model.eval()

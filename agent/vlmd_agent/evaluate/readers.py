@@ -78,6 +78,9 @@ def read_jsonl(path: str | os.PathLike[str], text: str, columns: Mapping[str, st
             where.fail(None, f"bad JSON at column {e.colno}: {e.msg}{hint}")
         except (ValueError, RecursionError) as e:  # a 5,000-digit number, nesting too deep
             where.fail(None, f"bad JSON: {str(e)[:200]}")
+        if isinstance(obj, list):
+            where.fail(None, "expected a JSON object, got an array: write JSON Lines, one "
+                             "object per line")
         if not isinstance(obj, dict):
             where.fail(None, f"expected a JSON object, got {type(obj).__name__}")
         obj = renamed(obj, columns)

@@ -37,11 +37,14 @@ from typing import Any
 import httpx
 
 from vlmd_agent import scoring, wire
+from vlmd_agent.breaker import Breaker
 from vlmd_agent.evaluate import datasets, schemas
 from vlmd_agent.evaluate.backends import BackendError, Request, load_backend
 from vlmd_agent.evaluate.backends.base import RequestOptions
 from vlmd_agent.evaluate.inflight import run_each
 from vlmd_agent.evaluate.judge import Judge, verdict_event
+from vlmd_agent.evaluate.phases import Phases
+from vlmd_agent.evaluate.preflight import PreflightError, check_model, model_size_mb, parse_spec
 from vlmd_agent.outbox.spool import Outbox
 from vlmd_agent.pipe import (
     EXIT_BACKEND,
@@ -172,6 +175,8 @@ def run(cfg: WrapperConfig, token: str, status: Status) -> int:
     shard_body = {"shard": cfg.shard} if cfg.shard else {}
     with open_spool(cfg, token, status) as box:
         status.send("loading")
+        phases = Phases(box.put, cfg.run, cfg.shard)
+        phases.say("resolving", f"reading {cfg.dataset}")
         try:
             data = datasets.load(cfg.dataset, columns=schemas.parse_columns(cfg.columns))
             index, count = wire.shard_of(cfg.shard) if cfg.shard else (0, 1)
@@ -180,19 +185,27 @@ def run(cfg: WrapperConfig, token: str, status: Status) -> int:
             return _fail(box, cfg, shard_body, f"bad dataset: {e}", EXIT_BAD_INPUT, status)
         done = completed_items(cfg.url, token, cfg.run)
         try:
-            backend = load_backend(cfg.model, max_new_tokens=cfg.max_new_tokens, device=cfg.device,
-                                   options=options(cfg))
+            backend = _load(cfg, phases)
         except Exception as e:  # any load failure ends the run with the reason, not a traceback
-            return _fail(box, cfg, shard_body, f"cannot load {cfg.model}: {e}", EXIT_BACKEND,
-                         status)
+            why = str(e) if isinstance(e, PreflightError) else f"cannot load {cfg.model}: {e}"
+            return _fail(box, cfg, shard_body, why, EXIT_BACKEND, status)
         box.put(wire.envelope(cfg.run, "run.started", {
             "total": len(items), "host": socket.gethostname(), "pid": os.getpid(),
             **shard_body}))
         todo = [item for item in items if item.id not in done]
         status.send("ready", total=len(items), todo=len(todo))
         judge = Judge(cfg.judge) if cfg.judge else None
+        phases.say("warmup", "first items (a server may load the model on its first request)")
+        breaker = Breaker(cfg.fail_after, cfg.max_failed)  # the watchdog's twin: it says why
+
+        def deliver(outcome: dict[str, Any]) -> None:
+            box.item(outcome)
+            phases.item_done()
+            if breaker.record(item_error(outcome)) is not None:
+                stop["requested"] = True  # no new request; those in flight are delivered
+
         try:
-            run_each(todo, lambda item: run_item(cfg, item, backend, judge), box.item,
+            run_each(todo, lambda item: run_item(cfg, item, backend, judge), deliver,
                      stopped=lambda: stop["requested"], concurrency=cfg.concurrency,
                      rate=cfg.rate)
         finally:
@@ -212,6 +225,34 @@ def options(cfg: WrapperConfig) -> RequestOptions:
     """The request options of `cfg` (serving models only)."""
     return RequestOptions(temperature=cfg.temperature, system_prompt=cfg.system_prompt,
                           extra_body=cfg.extra_body, api_key_env=cfg.api_key_env)
+
+
+def _load(cfg: WrapperConfig, phases: Phases) -> Any:
+    """The backend, saying each phase on the way: preflight (an ``openai:`` server, unless
+    ``cfg.preflight`` is off), building (a demo model, step by step), loading (with the size)."""
+    spec = parse_spec(cfg.model)
+    if spec.kind == "openai" and cfg.preflight:
+        phases.say("preflight", f"asking {spec.api_root}/models for {spec.name!r}")
+        check_model(cfg.model, api_key_env=cfg.api_key_env)
+    size = model_size_mb(spec.path) if spec.path is not None else None
+    loading = f"loading {cfg.model}" + (f" ({size:.0f} MiB)" if size else "")
+    phases.say("loading", loading, size_mb=None if size is None else round(size, 1))
+
+    def built(step: int, steps: int) -> None:
+        phases.step("building", f"building demo model {spec.name}: training step "
+                    f"{step}/{steps}", step, steps)
+        if step == steps:
+            phases.say("loading", loading)
+
+    return load_backend(cfg.model, max_new_tokens=cfg.max_new_tokens, device=cfg.device,
+                        options=options(cfg), progress=built)
+
+
+def item_error(outcome: dict[str, Any]) -> str | None:
+    """A `run_item` outcome's error as answers.csv writes it (``reason: message``), else None."""
+    if outcome["kind"] != "item.failed":
+        return None
+    return f"{outcome['body']['reason']}: {outcome['body']['message']}"
 
 
 def _fail(box: Spool, cfg: WrapperConfig, shard_body: dict[str, Any], reason: str, code: int,

@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from vlmd_agent import wire
+from vlmd_agent.breaker import Breaker
 from vlmd_agent.outbox.spool import Outbox
 from vlmd_agent.pipe import PIPE_BYTES, WrapperConfig, scored_event, status_pipe
 from vlmd_agent.watch.detect import (
@@ -53,6 +54,7 @@ SAMPLE_BATCH_S = 1.0  # one watchdog.sample event per second
 STATUS_DRAIN_S = 0.5  # status lines still read after the wrapper exited
 STATUS_POLL_S = 0.05  # the status pipe is read this often (not waited on: see `read_lines`)
 LINES_PER_TURN = 64  # status lines handled between two trio checkpoints (~100 us each)
+SETTLE_S = 10.0  # how long a failing agent lets the wrapper's outbox deliver before its word
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class WatchdogConfig:
     server_metrics: str | None = None  # the serving engine's /metrics URL
     server_metrics_s: float = 0.25
     server_metrics_guessed: bool = False  # found beside the model's URL: may not exist
+    fail_after: int = 10  # the circuit breaker (`vlmd_agent.breaker`), the wrapper's too
+    max_failed: float = 0.5
 
 
 class Watchdog:
@@ -103,6 +107,7 @@ class Watchdog:
         self.stopping: int | None = None  # the signal that asked this agent to stop
         self.killed: str | None = None  # why this watchdog SIGKILLed the wrapper, if it did
         self.spool_error: str | None = None  # why the wrapper's events cannot be spooled
+        self.breaker = Breaker(cfg.fail_after, cfg.max_failed)
         self._stop_asked, self._kill_now = trio.Event(), trio.Event()
         self.ended = False  # no wrapper will run any more
         self.server = None if cfg.server_metrics is None else ServerMetrics(
@@ -147,7 +152,14 @@ class Watchdog:
         while self.stopping is None:
             outcome = await self._attempt(next_attempt(Path(self.cfg.wrapper.spool)))
             if self.spool_error is not None:
+                # what the wrapper's outbox holds (its run.started too) goes to vlmd first: a
+                # run.started folded after this run.failed would make the run live again
+                await trio.to_thread.run_sync(self.items.flush, SETTLE_S)
                 return self._fail(self.spool_error)
+            if self.breaker.tripped is not None:
+                # after the wrapper's own events (a run.finished too, if it got that far) in
+                # the same outbox, so the shard's last word is this one
+                return self._fail(self.breaker.tripped, self.items)
             if self.stopping is not None:
                 return EXIT_FINISHED if self.state == "done" else 128 + self.stopping
             if self.killed is not None:
@@ -176,7 +188,10 @@ class Watchdog:
         read_fd, write_fd = status_pipe()
         env = {**os.environ, "VLMD_STATUS_FD": str(write_fd), "VLMD_TOKEN": self.cfg.token,
                "VLMD_STACKS": str(Path(self.cfg.wrapper.spool) / "stacks.txt")}
-        config = replace(self.cfg.wrapper, attempt=attempt)
+        # the wrapper's breaker and this one count the same outcomes: they trip at one item
+        config = replace(self.cfg.wrapper, attempt=attempt, fail_after=self.cfg.fail_after,
+                         max_failed=self.cfg.max_failed)
+        self.breaker = Breaker(self.cfg.fail_after, self.cfg.max_failed)
         try:
             # Its own process group: a terminal's Ctrl-C reaches only the watchdog, which then
             # stops the wrapper in order.
@@ -234,6 +249,7 @@ class Watchdog:
             return
         if state == "item":
             self.last_item, self.last_item_at = status.get("item"), status.get("t")
+            self._count(status.get("outcome"))
         if self.hang.hung:
             log.warning("wrapper pid %s speaks again (%s)", self.wrapper_pid(), state)
         self.state = "running" if state in ("item", "ready") else state
@@ -255,6 +271,20 @@ class Watchdog:
             await trio.sleep(STATUS_POLL_S)
             if len(self.costs):
                 self.costs.release()
+
+    def _count(self, outcome: Any) -> None:
+        """Hand an item's outcome to the circuit breaker; when it trips, the wrapper (whose own
+        breaker trips at the same item) stops, and the shard fails with the breaker's reason.
+        The watchdog stops a wrapper that goes on all the same."""
+        if not isinstance(outcome, dict):
+            return
+        body = outcome.get("body") or {}
+        # the error as answers.csv, vlmd's summary and the wrapper's breaker write it
+        error = (f"{body.get('reason')}: {body.get('message')}"
+                 if outcome.get("kind") == "item.failed" else None)
+        if (why := self.breaker.record(error)) is not None:
+            log.error("circuit breaker: %s; stopping the wrapper", why)
+            self._stop_asked.set()
 
     def _cannot_spool(self, trouble: str) -> None:
         """The wrapper's events can no longer be spooled: stop it rather than let it evaluate
@@ -346,16 +376,17 @@ class Watchdog:
                 **{k: v for k, v in extra.items() if v is not None}}
         self.put(kind, body)
 
-    def _fail(self, reason: str) -> int:
+    def _fail(self, reason: str, box: Outbox | None = None) -> int:
         shard = f" shard {self.cfg.wrapper.shard}" if self.shard else ""
         log.error("run %s%s failed: %s", self.cfg.wrapper.run, shard, reason)
-        self.put("run.failed", {"reason": reason, **self.shard})
+        self.put("run.failed", {"reason": reason, **self.shard}, box)
         return EXIT_FAILED
 
-    def put(self, kind: str, body: Mapping[str, Any]) -> None:
-        """Spool one event; a full or broken spool disk is logged, never fatal to the watchdog."""
+    def put(self, kind: str, body: Mapping[str, Any], box: Outbox | None = None) -> None:
+        """Spool one event (in the watchdog's outbox unless `box` is given); a full or broken
+        spool disk is logged, never fatal to the watchdog."""
         try:
-            self.box.put(wire.envelope(self.cfg.wrapper.run, kind, body))
+            (self.box if box is None else box).put(wire.envelope(self.cfg.wrapper.run, kind, body))
         except (OSError, sqlite3.Error, ValueError) as e:
             log.error("cannot spool a %s event: %s", kind, e)
 

@@ -44,16 +44,3 @@ class InstantBackend:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def parse(rest: str, spec: str) -> InstantBackend:
-    """``instant`` or ``instant:MS``; raises ValueError naming a bad delay."""
-    _, _, delay = rest.partition(":")
-    try:
-        value = float(delay) if delay else 2.0
-    except ValueError:
-        raise ValueError(f"bad model spec {spec!r}: delay {delay!r} is not a number of ms"
-                         ) from None
-    if not 0 <= value <= 60_000:
-        raise ValueError(f"bad model spec {spec!r}: delay must be 0..60000 ms")
-    return InstantBackend(spec, value)

@@ -139,10 +139,8 @@ class OpenAIBackend:
                 response.close()
         except TimeoutError as exc:
             raise BackendError("timeout", f"no answer within {self.timeout_s} s") from exc
-        except ConnectionRefusedError as exc:
-            raise BackendError("backend_error", f"ConnectError: cannot connect to "
-                                                f"{self.origin.host}:{self.origin.port}: {exc}"
-                               ) from exc
+        except ConnectionRefusedError as exc:  # one text for every item: the run's reason
+            raise BackendError("backend_error", f"connection refused ({self.url})") from exc
         except (OSError, ssl.SSLError, HTTPError) as exc:
             raise BackendError("backend_error", f"{type(exc).__name__}: {exc}") from exc
         except ValueError as exc:  # malformed JSON

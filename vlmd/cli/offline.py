@@ -1,0 +1,82 @@
+"""Reading runs without a daemon: the commands that show runs (`vlmd runs`, `vlmd report`) ask
+the daemon when one answers, else fold the log file themselves with the daemon's own fold, so
+they work after `scripts/demo --exit` or on a copy of an old log."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from vlmd.cli.base import CliError
+from vlmd.cli.client import Client, answers
+from vlmd.config import Config
+from vlmd.live import replay
+from vlmd.projections.summary import summarize
+from vlmd.projections.tracker import RunState
+
+
+def _row(state: RunState) -> dict[str, Any]:
+    """A run as ``GET /api/runs/{run}`` shows it."""
+    return {**state.to_dict(), "summary": summarize(state)}
+
+
+def from_log(path: str | Path, runs: list[str]) -> list[dict[str, Any]]:
+    """The states of `runs` (ids or names; every run when empty), folded from the log file."""
+    try:
+        event_log = replay.open_readonly(path)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    try:
+        folded = replay.state_at(event_log)
+    finally:
+        event_log.close()
+    if not runs:
+        return [_row(s) for s in folded.runs.values()]
+    rows = []
+    for run in runs:
+        state = folded.find(run)
+        if state is None:
+            raise CliError(f"no run {run!r} in {path} (neither an id nor a name)")
+        rows.append(_row(state))
+    return rows
+
+
+async def _from_daemon(client: Client, runs: list[str]) -> list[dict[str, Any]]:
+    if not runs:
+        listed = await client.call("GET", "/api/runs")
+        runs = [r["run"] for r in listed["runs"]]
+    return [await client.call("GET", f"/api/runs/{run}") for run in runs]
+
+
+def states(config: Config, runs: list[str], db: str | None = None) -> list[dict[str, Any]]:
+    """The states of `runs` (every run when empty) as ``GET /api/runs/{run}`` gives them: from
+    the daemon when one answers (and no `db` is named), else folded from the log file (`db`,
+    else ``log.path``)."""
+    if db is None and trio.run(answers, config.url):
+        async def ask() -> list[dict[str, Any]]:
+            async with Client.of(config) as client:
+                return await _from_daemon(client, runs)
+        return trio.run(ask)
+    return from_log(_log_path(config, db), runs)
+
+
+def listing(config: Config, db: str | None = None) -> list[dict[str, Any]]:
+    """Every run as ``GET /api/runs`` lists it (with its accuracy): from the daemon when one
+    answers (and no `db` is named), else folded from the log file."""
+    if db is None and trio.run(answers, config.url):
+        async def ask() -> list[dict[str, Any]]:
+            async with Client.of(config) as client:
+                return list((await client.call("GET", "/api/runs"))["runs"])
+        return trio.run(ask)
+    return [{**r, "accuracy": r["summary"]["accuracy"]}
+            for r in from_log(_log_path(config, db), [])]
+
+
+def _log_path(config: Config, db: str | None) -> str:
+    if db is not None:
+        return db
+    print(f"vlmd: no daemon at {config.url}; reading the log {config.log.path}", file=sys.stderr)
+    return config.log.path
