@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from vlmd.config import Config
 
@@ -27,3 +27,24 @@ def command(name: str, setup: Setup = lambda p: None) -> Callable[[Command], Com
 def one_line(text: str) -> str:
     """`text` with control characters escaped (a file name may hold a newline)."""
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def unwrapped(fn: Command, args: argparse.Namespace, config: Config) -> int:
+    """`fn(args, config)`; an error that trio wrapped alone in an exception group (raised
+    inside a nursery, e.g. under an embedded daemon) is raised bare, so a user error reads the
+    same whichever way `vlmd run` reached vlmd."""
+    try:
+        return fn(args, config)
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            yield from _leaves(e)
+        else:
+            yield e

@@ -11,7 +11,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +23,7 @@ import trio
 from vlmd.cli import client, offline
 from vlmd.cli import cluster as _cluster_commands  # noqa: F401  (they register themselves)
 from vlmd.cli import run as _run_commands  # noqa: F401
-from vlmd.cli.base import COMMANDS, CliError, Command, command, one_line
+from vlmd.cli.base import COMMANDS, CliError, command, one_line, unwrapped
 from vlmd.cli.follow import StatusLine, status_line
 from vlmd.cli.wsclient import Closed, open_ws
 from vlmd.config import Config, ConfigError
@@ -311,27 +311,6 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _unwrapped(fn: Command, args: argparse.Namespace, config: Config) -> int:
-    """`fn(args, config)`; an error that trio wrapped alone in an exception group (raised
-    inside a nursery, e.g. under an embedded daemon) is raised bare, so a user error reads the
-    same whichever way `vlmd run` reached vlmd."""
-    try:
-        return fn(args, config)
-    except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for e in group.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            yield from _leaves(e)
-        else:
-            yield e
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vlmd``: exit status 0 on success, 2 on a user mistake (`vlmd run`
     has more: see its help)."""
@@ -342,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = Config.load(args.config)
         fn, _ = COMMANDS[args.command]
-        return _unwrapped(fn, args, config)
+        return unwrapped(fn, args, config)
     except (ConfigError, CliError, AmbiguousName) as e:
         text = "\n  ".join(one_line(line) for line in str(e).split("\n"))
         print(f"vlmd {args.command}: {text}", file=sys.stderr)
