@@ -108,7 +108,7 @@ CASES: dict[str, Case] = {
     "a csv file": lambda f, s: (
         ["--model", "demo:instant", "--dataset", "answers.csv"],
         f"dataset: {f / 'answers.csv'}: unknown format '.csv': expected .jsonl or .json "
-        "(JSON Lines) or .tsv (VLMEvalKit)"),
+        "(JSON Lines), .tsv (VLMEvalKit), .parquet, .arrow, or a folder of them"),
     "a JSON array": lambda f, s: (
         ["--model", "demo:instant", "--dataset", "array.json"],
         f"dataset: {f / 'array.json'}:1: expected a JSON object, got an array: write JSON "
@@ -118,7 +118,7 @@ CASES: dict[str, Case] = {
         f"dataset: {f / 'bad.tsv'}:1: image: missing column"),
     "no dataset file": lambda f, s: (
         ["--model", "demo:instant", "--dataset", "nothing.jsonl"],
-        f"dataset: no such file '{f / 'nothing.jsonl'}' on the vlmd host"),
+        f"dataset: no dataset at '{f / 'nothing.jsonl'}' on the vlmd host: no such file"),
     "a zero limit": lambda f, s: (
         ["--model", "demo:instant", *DEMO, "--limit", "0"],
         "limit: expected an integer from 1 to 10000000"),

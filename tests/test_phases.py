@@ -56,9 +56,10 @@ def test_the_progress_bar_shows_the_phase_and_for_how_long_until_items_flow() ->
     assert phase_text(state.phase, now=112.4) == (
         "building demo model tiny: training step 40/150 (12 s)")
     # a clock far off (another host's) shows no duration rather than a wrong one
-    assert "0/40  building demo model tiny: training step 40/150  ETA -" in status_line(state)
+    assert "0/40  building demo model tiny: training step 40/150  ETA -" in status_line(
+        state.to_dict())
     tracker.apply(folded, stored([at(time.time() - 3, "loading", message="loading demo:tiny")])[0])
-    assert "0/40  loading demo:tiny (3 s)  ETA -" in status_line(state)
+    assert "0/40  loading demo:tiny (3 s)  ETA -" in status_line(state.to_dict())
     tracker.apply(folded, stored([at(130.0, "evaluating", message="9.1 items/s once warm")])[0])
     assert phase_text(state.phase) == ""  # the bar says the rest
 
