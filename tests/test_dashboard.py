@@ -336,3 +336,12 @@ def test_replay_plays_a_past_run_to_its_final_totals(shared: DaemonProcess, page
     expect(head.locator(".done")).not_to_have_text("50")
     halfway = int(head.locator(".done").inner_text())
     assert 10 < halfway < 50
+    position = page.evaluate("window.vlmd.at")
+    got = httpx.get(f"{shared.url}/api/runs/{run}/state", params={"at": position["seq"]}).json()
+    assert got["runs"][0]["done"] == halfway  # the daemon's fold at that point, as shown
+
+    page.click("#play")  # plays on from there (the stream resumes after that seq)
+    expect(state).to_have_text("ended")
+    expect(head.locator(".done")).to_have_text(str(final["done"]))
+    expect(page.locator("#answers-table")).to_have_attribute("data-rows", "51")
+    expect(page.locator("#chart-memory")).to_have_attribute("data-points", "50")

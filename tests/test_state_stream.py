@@ -13,10 +13,17 @@ from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, failed, finished, started, submitted
 from vlmd.cli.wsclient import Closed, WsClient, open_ws
 from vlmd.daemon.serve import Daemon, serve
-from vlmd.projections import answers
+from vlmd.live.states import SUMMARY_EVERY_S, SUMMARY_SHARE, Summaries
+from vlmd.projections import answers, tracker
+from vlmd.store.log import Event
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 WINDOWED = ("rate", "eta_s")  # depend on when they are read, not on the log alone
+
+
+def stored(envelopes: list[dict[str, Any]], first: int = 1) -> list[Event]:
+    return [Event(seq, e["key"], e["run"], e["kind"], e["ts"], e["ts"], e["body"], "{}")
+            for seq, e in enumerate(envelopes, first)]
 
 
 def state_url(d: Daemon, **query: Any) -> str:
@@ -166,3 +173,29 @@ async def test_a_bad_after_or_an_ambiguous_name_is_refused(daemon: Daemon) -> No
             except Closed as closed:
                 assert closed.code == 1008 and says in closed.reason
 
+
+
+def test_a_live_summary_comes_at_most_every_half_second_or_less_often_for_big_runs() -> None:
+    now = [100.0]
+    summaries = Summaries(clock=lambda: now[0])
+    state = tracker.fold(stored([started("s"), completed("s", 1)])).runs["s"]
+    old = Summaries.key(state)
+    summaries.get(state)
+    assert not summaries.due(state, old)  # the reader has this one
+    tracker.apply(tracker.Tracker(runs={"s": state}), stored([completed("s", 2)], first=3)[0])
+    assert summaries.due(state, old) is False  # changed, but the last one is 0 s old
+    now[0] += SUMMARY_EVERY_S
+    assert summaries.due(state, old)
+
+    slow = iter([200.0, 201.0])  # a summary that took 1 s: 20 s between live ones
+    summaries.clock = lambda: next(slow, now[0])
+    summaries.get(state)
+    key = Summaries.key(state)
+    tracker.apply(tracker.Tracker(runs={"s": state}), stored([completed("s", 3)], first=4)[0])
+    now[0] = 201.0 + 19.0
+    assert not summaries.due(state, key)
+    now[0] = 201.0 + 1 / SUMMARY_SHARE
+    assert summaries.due(state, key)
+    tracker.apply(tracker.Tracker(runs={"s": state}), stored([finished("s")], first=5)[0])
+    now[0] = 201.0 + 1.0
+    assert summaries.due(state, key)  # a run that ended gets its summary at once

@@ -9,7 +9,9 @@ A message is one JSON object::
 - ``items`` (a subscriber of one run only): the rows (`answers.served`) of its items whose kept
   outcome changed, whole;
 - ``summary`` (one run only): the run's `summarize`, when its items changed; in live messages
-  at most every `SUMMARY_EVERY_S` per run, and always once the run has ended.
+  at most every `SUMMARY_EVERY_S` per run (less often when the run is so big that its summary
+  would take more than `SUMMARY_SHARE` of the time: it is computed on the ingest path), and
+  always once the run has ended.
 
 A reader upserts runs by ``run`` and items by ``item``; nothing is ever removed. The first
 message is the state after ``after`` (everything for 0), read at the moment of subscribing;
@@ -34,6 +36,7 @@ from vlmd.projections.tracker import TERMINAL, Outcomes, RunState, Tracker
 from vlmd.store.log import Event, EventLog
 
 SUMMARY_EVERY_S = 0.5  # a run's summary is O(items): live messages carry it at most this often
+SUMMARY_SHARE = 0.05  # and computing it may take at most this share of the time
 
 
 class Summaries:
@@ -41,14 +44,18 @@ class Summaries:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._cache: dict[str, tuple[tuple[int, float | None], dict[str, Any], float]] = {}
+        # run -> (key, summary, when it was computed, how long that took)
+        self._cache: dict[str, tuple[tuple[int, float | None], dict[str, Any], float, float]] = {}
 
     def get(self, state: RunState) -> dict[str, Any]:
         """The run's summary now (computed unless cached for its current items)."""
         key = self.key(state)
         cached = self._cache.get(state.run)
         if cached is None or cached[0] != key:
-            cached = self._cache[state.run] = (key, summarize(state), self.clock())
+            began = self.clock()
+            summary = summarize(state)
+            now = self.clock()
+            cached = self._cache[state.run] = (key, summary, now, now - began)
         return cached[1]
 
     def due(self, state: RunState, sent: tuple[int, float | None] | None) -> bool:
@@ -59,8 +66,10 @@ class Summaries:
         if key == sent:
             return False
         cached = self._cache.get(state.run)
-        return (cached is None or cached[0] == key or state.status in TERMINAL
-                or self.clock() - cached[2] >= SUMMARY_EVERY_S)
+        if cached is None or cached[0] == key or state.status in TERMINAL:
+            return True
+        every = max(SUMMARY_EVERY_S, cached[3] / SUMMARY_SHARE)
+        return self.clock() - cached[2] >= every
 
     @staticmethod
     def key(state: RunState) -> tuple[int, float | None]:
