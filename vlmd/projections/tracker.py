@@ -228,9 +228,11 @@ def _started(s: RunState, e: Event, t: Tracker) -> None:
 
 
 def _item(s: RunState, e: Event, t: Tracker) -> None:
-    found = outcomes([e])[0]
-    assert found is not None  # an item event always has an outcome
-    item, result = found
+    b = e.body
+    item = b["item"]
+    if type(item) is not str:
+        item = str(item)
+    result = _result(e.kind == "item.completed", b)
     s.recent.append(e.ts)
     s.stalled = False
     s.item_seq = e.seq
