@@ -58,6 +58,13 @@ class Run:
             body["shard"] = shard
         return self.add("item.completed", body, gap=0.5)
 
+    def judged(self, item: str | int, letter: str) -> Run:
+        """A judge model's reading of an answer; the item's completion follows it."""
+        return self.add("item.judged", {"item": item, "judge": "openai:judge@http://judge:8000",
+                                        "prompt": f"Which option does the answer to {item} "
+                                                  "name?", "reply": letter, "letter": letter},
+                        gap=0.25)
+
     def fail(self, item: str | int, reason: str = "oom", message: str = "CUDA out of memory",
              shard: str | None = None) -> Run:
         body: dict[str, Any] = {"item": item, "reason": reason, "message": message,
@@ -111,7 +118,7 @@ def completes_then_fails_on_retry(r: Run) -> None:
     """A completed item whose retry fails stays completed (the answer is not undone)."""
     r.submitted(total=4, name="retry-undone").phase("loading", size_mb=600.0).started(4)
     r.phase("evaluating").sample(15000.0)
-    r.done(1, score=1.0, ttft=120.0).done(2, score=0.0, ttft=80.0)
+    r.done(1, score=1.0, ttft=120.0).judged(2, "A").done(2, score=0.0, ttft=80.0)
     r.fail(1, "timeout", "no answer in 60 s").fail(3, "backend_error", "HTTP 500")
     r.done(4, score=None, ttft=95.0).heartbeat().end("finished")
 
