@@ -256,8 +256,10 @@ def test_the_dashboard_shows_what_the_fold_decides(golden_log: Path, golden_daem
         for where in ("run", "head"):  # the runs table's row, the run page's head
             got = shown[run][where]
             assert {f: got[f] for f in SHOWN} == {f: row[f] for f in SHOWN}, (run, where)
+            # the badge says how an ended run ended (finished with failures is no "finished")
             assert got["text"] == {
-                "status": row["status"], "done": str(row["done"]),
+                "status": (row["outcome"] or row["status"]).replace("_", " "),
+                "done": str(row["done"]),
                 "failed": str(row["failed"]), "accuracy": pct(row["accuracy"]),
                 "last_alert": row["last_alert"]}, (run, where)
         items = shown[run]["items"]

@@ -7,6 +7,7 @@ export const RUN_LAYOUT = `
     <span class="sub" id="event-count"></span>
   </div>
   <div class="sub"><span class="model"></span> on <span class="dataset"></span></div>
+  <div class="phase"></div>
   <div class="sub shards"></div>
   <div class="progress-wrap"></div>
   <dl class="figures">
@@ -15,14 +16,18 @@ export const RUN_LAYOUT = `
     <div><dt>accuracy</dt><dd class="accuracy">—</dd></div>
     <div><dt>alerts</dt><dd class="alerts">0</dd></div>
   </dl>
+  <div id="failures" hidden><h3>Item errors</h3><ol class="failures-list"></ol></div>
+  <ul id="notes" class="sub notes"></ul>
   <div class="links"><a id="csv-link" href="#">answers.csv</a>
     <a id="datasette-link" href="#" hidden>events in Datasette</a>
     <a id="other-link" href="#"></a></div>
 </section>
 <section class="charts">
-  <figure><figcaption>GPU memory used, per device, and the wrapper's own (dashed)</figcaption>
+  <p id="no-gpu" class="empty" hidden>No GPU on this host: the agents' samples name none, so
+    there is no GPU memory or utilisation to draw (and no VRAM measured per item).</p>
+  <figure class="gpu-chart"><figcaption>GPU memory used, per device, and the wrapper's own (dashed)</figcaption>
     <div id="chart-memory" class="chart"></div></figure>
-  <figure><figcaption>GPU utilisation</figcaption><div id="chart-util" class="chart"></div></figure>
+  <figure class="gpu-chart"><figcaption>GPU utilisation</figcaption><div id="chart-util" class="chart"></div></figure>
   <figure><figcaption>RAM: wrapper RSS and host used</figcaption><div id="chart-ram" class="chart"></div></figure>
 </section>
 <section class="hists">

@@ -20,14 +20,19 @@ export class RunModel {
     this.util = new Series(); // %: per GPU utilisation
     this.ram = new Series(); // MB: wrapper RSS and host used
     this.alerts = [];
-    this.dirty = { head: true, series: true, answers: true, alerts: true };
+    this.gpuSamples = 0; // samples that named a GPU, and those that named none: a host
+    this.bareSamples = 0; // without GPUs gets a sentence instead of empty charts
+    this.dirty = { head: true, series: true, answers: true, alerts: true, summary: true };
   }
 
   /** Upsert a state message's run row, item rows and summary. */
   applyState(message) {
     for (const row of message.runs) this.row = row;
     for (const item of message.items ?? []) this.items.set(item.item, item);
-    if (message.summary) this.summary = message.summary;
+    if (message.summary) {
+      this.summary = message.summary;
+      this.dirty.summary = true;
+    }
     this.seq = message.seq;
     this.dirty.head = true;
     if (message.items?.length || message.summary) this.dirty.answers = true;
@@ -50,6 +55,8 @@ export class RunModel {
     for (const s of samples) {
       const t = s.t;
       if (typeof t !== "number") continue;
+      if ((s.gpus ?? []).length) this.gpuSamples++;
+      else this.bareSamples++;
       const mem = {};
       const util = {};
       for (const g of s.gpus ?? []) {

@@ -1,8 +1,10 @@
 // The run's headline figures (status, progress bar, items/s, ETA, accuracy, alerts, shards,
-// reason), shared by the runs table and the run/replay pages, from the run's row as the daemon
-// serves it. Every figure lives in an element with a stable class inside `[data-run="RUN"]`,
-// and the container carries the row's values as data attributes too (data-done, -failed,
-// -total, -status, -accuracy, -alerts, -reason, -shards).
+// reason, phase), shared by the runs table and the run/replay pages, from the run's row as the
+// daemon serves it. Every figure lives in an element with a stable class inside
+// `[data-run="RUN"]`, and the container carries the row's values as data attributes too
+// (data-done, -failed, -total, -status, -outcome, -accuracy, -alerts, -reason, -shards).
+// The badge says how an ended run ended (the row's `outcome`: a run that finished with failed
+// items is not a green "finished"); before the first items, `phase` says what the agents do.
 
 import { fmt, fmtDuration, fmtPct, h, setText } from "./util.js";
 
@@ -23,7 +25,7 @@ export function runTableRow(row) {
     h("td", {}, h("a", { class: "run-link", href }, label),
       h("div", { class: "sub run-id" }, row.name ? row.run : "")),
     h("td", { class: "model" }), h("td", { class: "dataset" }),
-    h("td", {}, h("span", { class: "status" })),
+    h("td", {}, h("span", { class: "status" }), h("div", { class: "sub phase" })),
     h("td", { class: "progress-cell" }, progressBar()),
     h("td", { class: "num rate" }), h("td", { class: "num eta" }),
     h("td", { class: "num accuracy" }), h("td", { class: "num alerts" }),
@@ -40,6 +42,7 @@ export function updateRunFields(el, row) {
   el.dataset.failed = row.failed;
   el.dataset.total = total ?? "";
   el.dataset.status = row.status;
+  el.dataset.outcome = row.outcome ?? "";
   el.dataset.accuracy = row.accuracy ?? "";
   el.dataset.alerts = row.alerts;
   el.dataset.reason = row.reason ?? "";
@@ -48,11 +51,13 @@ export function updateRunFields(el, row) {
   setText(q("dataset"), row.dataset ?? "—");
   const status = q("status");
   if (status) {
-    setText(status, row.status);
-    status.className = `status st-${row.status}`;
+    const badge = row.outcome ?? row.status;
+    setText(status, badge.replaceAll("_", " "));
+    status.className = `status st-${badge}`;
     status.title = row.reason ?? "";
   }
   setText(q("reason"), row.reason ?? "");
+  setText(q("phase"), phaseText(row.phase));
   const shards = Object.entries(row.shards ?? {});
   setText(q("shards"), shards.length > 1 || shards.some(([, s]) => s === "scheduled")
     ? `shards: ${shards.map(([name, s]) => `${name} ${s}`).join(" · ")}` : "");
@@ -75,4 +80,10 @@ export function updateRunFields(el, row) {
     alerts.classList.toggle("has-alerts", row.alerts > 0);
     alerts.title = row.last_alert ?? "";
   }
+}
+
+/** What the run's agents are doing (the row's `phase`), shown until items flow; "" after. */
+export function phaseText(phase) {
+  if (!phase || phase.phase === "evaluating") return "";
+  return phase.message || phase.phase;
 }

@@ -22,6 +22,7 @@ const COLUMNS = [
 ];
 const NUMERIC = new Set(["score", "ttft_ms", "tpot_ms", "e2e_ms", "input_tokens", "output_tokens",
   "vram_peak_delta_mb"]);
+const DIGITS = { score: 2, input_tokens: 0, output_tokens: 0 }; // counts are whole; others 1
 
 /** Put the run widgets' markup into `container` (before constructing a RunView). */
 export function mountRunLayout(container) {
@@ -71,10 +72,14 @@ export class RunView {
     const m = this.model;
     if (!m) return;
     if (m.dirty.head) this.renderHead();
+    if (m.dirty.summary) this.renderSummary();
     if (m.dirty.series) {
       this.charts.memory.update(m.memory);
       this.charts.util.update(m.util);
       this.charts.ram.update(m.ram);
+      const noGpu = m.gpuSamples === 0 && m.bareSamples > 0;
+      document.getElementById("no-gpu").hidden = !noGpu;
+      for (const f of document.querySelectorAll(".charts .gpu-chart")) f.hidden = noGpu;
       m.dirty.series = false;
     }
     if (m.dirty.alerts) this.renderAlerts();
@@ -106,6 +111,26 @@ export class RunView {
     card.dataset.run = row.run;
     setText(document.getElementById("run-title"), row.name ? `${row.name} (${row.run})` : row.run);
     updateRunFields(card, row);
+  }
+
+  /** The summary's words: the commonest item errors with counts, how tokens were counted and
+   * why VRAM figures are missing or ~0 (the daemon's summary decides them all). */
+  renderSummary() {
+    const m = this.model;
+    m.dirty.summary = false;
+    const s = m.summary ?? {};
+    const failures = s.failures ?? [];
+    document.getElementById("failures").hidden = failures.length === 0;
+    document.querySelector("#failures .failures-list").replaceChildren(...failures.map((f) =>
+      h("li", { dataset: { count: f.count } }, h("span", { class: "count" }, String(f.count)), " ",
+        h("span", { class: "why" }, f.reason))));
+    const notes = [];
+    const sources = Object.entries(s.tokens_source ?? {});
+    if (sources.length) {
+      notes.push(`tokens counted by: ${sources.map(([k, n]) => `${k} (${n} items)`).join(", ")}`);
+    }
+    if (s.vram_note) notes.push(`VRAM: ${s.vram_note}`);
+    document.getElementById("notes").replaceChildren(...notes.map((n) => h("li", {}, n)));
   }
 
   renderHistograms() {
@@ -173,7 +198,7 @@ export class RunView {
     for (const r of page) {
       out.push(h("tr", { dataset: { item: r.item, outcome: r.outcome, seq: r.seq } },
         ...COLUMNS.map(([k]) => h("td", { class: NUMERIC.has(k) ? "num" : k },
-          NUMERIC.has(k) ? fmt(r[k], k === "score" ? 2 : 1) : shown(r, k))),
+          NUMERIC.has(k) ? fmt(r[k], DIGITS[k] ?? 1) : shown(r, k))),
         h("td", {}, h("button", { class: "show-image", onclick: () => this.toggleImage(r.item) },
           this.openImages.has(r.item) ? "hide" : "show"))));
       if (this.openImages.has(r.item)) out.push(this.imageRow(r.item));
