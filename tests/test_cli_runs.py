@@ -256,3 +256,27 @@ def test_ctrl_c_on_a_terminal_asks_whether_to_cancel(
     assert (f"vlmd: run {run} goes on in vlmd (follow it: vlmd follow {run}; cancel it: "
             f"vlmd cancel {run}).\r\nCancel run {run} now? [y/N] (Ctrl-C: yes) ") in asked
     assert wait_status(daemon_proc, run, "finished", timeout=60) == "finished"
+
+
+def test_ctrl_c_under_an_embedded_daemon_leaves_the_agents_to_the_next_vlmd_serve(
+        dataset: Path, tmp_path: Path) -> None:
+    with subprocess.Popen(
+            [sys.executable, "-m", "vlmd", "run", "--config", str(embedded_config(tmp_path)),
+             "--model", "demo:instant:200", "--dataset", str(dataset), "--limit", "60"],
+            cwd=tmp_path, text=True, stderr=subprocess.PIPE,
+            env={**os.environ, "VLMD_TOKEN": TOKEN}) as proc:  # the next daemon's token too
+        seen = read_until(proc.stderr, "] 0/60")
+        run = run_id(seen)
+        port = int(seen.split("dashboard: http://127.0.0.1:")[1].split("/")[0])
+        proc.send_signal(signal.SIGINT)
+        said = read_until(proc.stderr, "cancels it")
+        assert proc.wait(timeout=20) == 130
+    assert (f"vlmd: interrupted: this vlmd stops with this command; run {run}'s agents finish "
+            "their items and keep their events for the next `vlmd serve` on this log") in said
+    # the agents went on without a daemon; a daemon on the same log and port gets it all
+    d = start_daemon(tmp_path / "v.db", port=port)
+    try:
+        assert wait_status(d, run, "finished", timeout=90) == "finished"
+        assert httpx.get(f"{d.url}/api/runs/{run}").json()["done"] == 60
+    finally:
+        d.stop()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from vlmd.config import Config
 
+T = TypeVar("T")
 Command = Callable[[argparse.Namespace, Config], int]
 Setup = Callable[[argparse.ArgumentParser], None]
 COMMANDS: dict[str, tuple[Command, Setup]] = {}
@@ -29,12 +31,12 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
-def unwrapped(fn: Command, args: argparse.Namespace, config: Config) -> int:
-    """`fn(args, config)`; an error that trio wrapped alone in an exception group (raised
-    inside a nursery, e.g. under an embedded daemon) is raised bare, so a user error reads the
-    same whichever way `vlmd run` reached vlmd."""
+def unwrapped(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`; an error that trio wrapped alone in an exception group (raised inside a
+    nursery, e.g. under an embedded daemon) is raised bare, so a user error reads the same
+    whichever way `vlmd run` reached vlmd."""
     try:
-        return fn(args, config)
+        return fn(*args)
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
         if len(leaves) == 1:

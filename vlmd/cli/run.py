@@ -22,7 +22,7 @@ import trio
 
 from vlmd.cli import offline
 from vlmd.cli.attach import EXIT_DETACHED, ending_lines, exit_status, watch
-from vlmd.cli.base import CliError, command
+from vlmd.cli.base import CliError, command, unwrapped
 from vlmd.cli.client import Client, answers, call
 from vlmd.cli.follow import follow, report_table
 from vlmd.config import Config
@@ -214,7 +214,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
             return await run_one(session, body, Path(args.out))
 
     try:
-        state = trio.run(main)
+        state = unwrapped(trio.run, main)
     except Detached:
         return EXIT_DETACHED
     print(report_table([state]))
@@ -260,7 +260,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
             return states
 
     try:
-        states = trio.run(main)
+        states = unwrapped(trio.run, main)
     except KeyboardInterrupt:
         return 0
     except Detached:
@@ -330,7 +330,7 @@ def cmd_follow(args: argparse.Namespace, config: Config) -> int:
             return dict(await client.call("GET", f"/api/runs/{run}"))
 
     try:
-        state = trio.run(main)
+        state = unwrapped(trio.run, main)
     except Detached:
         return EXIT_DETACHED
     print(report_table([state]))
