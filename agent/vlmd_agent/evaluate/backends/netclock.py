@@ -18,9 +18,11 @@ TLS runs over memory BIOs (`ssl.SSLObject`): the socket stays a plain one whose 
 read with ``recvmsg``, and decrypted bytes carry the stamp of the read that completed them. The
 handshake happens in `Connection.open`, never inside a request's timing.
 
-Limit: TCP merges segments that wait unread in the receive queue, and the merged data keeps the
-newest arrival time; a chunk read later than the next chunk's arrival is stamped with that
-arrival (`Stamp.kernel` is then late by at most the gap between them).
+Reads are blocking system calls: the kernel hands the bytes over as soon as the reading thread
+runs again, before it waits for Python's GIL. Limit: TCP merges segments that wait unread in
+the receive queue, and the merged data keeps the newest arrival time; so a chunk whose thread
+could not run before the next chunk arrived (an overloaded host) is stamped with that next
+arrival.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ _ORIGIN_TIMESTAMPING = 4  # SO_EE_ORIGIN_TIMESTAMPING
 _RECVERR = {(socket.IPPROTO_IP, 11), (socket.IPPROTO_IPV6, 25)}  # IP_RECVERR, IPV6_RECVERR
 _EXT_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
 _TIMESPEC = struct.Struct("=qq")
+_TIMEVAL = struct.Struct("=qq")  # struct timeval on 64-bit Linux
 _ANC = 512
 READ_BYTES = 1 << 16
+LIMIT_SLACK_S = 0.05  # a receive may end this much past its deadline
 # Arches whose SO_TIMESTAMPING is 37 with a 64-bit timespec (the "_OLD" option then is the new).
 _ARCHES = frozenset({"x86_64", "amd64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"})
 
@@ -73,8 +77,9 @@ def clock_name(stamps: list[Stamp]) -> str:
 
 
 class Connection:
-    """One open TCP connection (TLS over memory BIOs when `tls` is given), non-blocking inside:
-    every wait is a poll bounded by the caller's deadline (`time.monotonic` seconds).
+    """One open TCP connection (TLS over memory BIOs when `tls` is given). Sends and receives
+    are blocking system calls, each bounded by the caller's deadline (`time.monotonic` seconds)
+    through the kernel's socket timeouts.
 
     Errors: TimeoutError past a deadline; OSError (ConnectionError, ...) and ssl.SSLError from
     the network, as the socket raises them.
@@ -89,6 +94,7 @@ class Connection:
         self._tx: dict[int, tuple[int, int]] = {}  # last byte's id -> (ee_info, ns)
         self._last = Stamp(None, time.time_ns())  # the read that brought the TLS bytes
         self.closed = False
+        self._rcv_limit = -1.0  # the receive timeout set on the socket, in seconds
 
     @classmethod
     def open(cls, host: str, port: int, deadline: float, *, tls: ssl.SSLContext | None = None,
@@ -105,7 +111,7 @@ class Connection:
                     kernel = True
                 except OSError:
                     kernel = False
-            sock.setblocking(False)
+            sock.settimeout(None)  # blocking calls, bounded by the kernel's timeouts (`_limit`)
             if tls is None:
                 return cls(sock, None, None, None, kernel)
             incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -191,24 +197,23 @@ class Connection:
     def _send_raw(self, data: bytes, deadline: float) -> None:
         view = memoryview(data)
         while view:
+            self._limit(socket.SO_SNDTIMEO, deadline)
             try:
                 n = self.sock.send(view)
-            except BlockingIOError:
-                self._wait(select.POLLOUT, deadline)
-                continue
-            except InterruptedError:
-                continue
+            except (BlockingIOError, InterruptedError):
+                continue  # the kernel's timeout ran out (or a signal came): look at the deadline
             self.sent_bytes += n
             view = view[n:]
 
     def _recv_raw(self, deadline: float) -> tuple[bytes, Stamp]:
         while True:
+            self._limit(socket.SO_RCVTIMEO, deadline)
             try:
+                # A blocking read: the kernel hands the bytes over the moment this thread runs
+                # again, without waiting for the GIL, so they are taken before later segments
+                # can join them (and share the later stamp).
                 data, anc, _, _ = self.sock.recvmsg(READ_BYTES, _ANC)
-            except BlockingIOError:
-                self._wait(select.POLLIN, deadline)
-                continue
-            except InterruptedError:
+            except (BlockingIOError, InterruptedError):
                 continue
             user = time.time_ns()
             kernel = None
@@ -218,23 +223,19 @@ class Connection:
                     kernel = sec * 1_000_000_000 + nsec if sec or nsec else None
             return data, Stamp(kernel, user)
 
-    def _wait(self, events: int, deadline: float) -> None:
-        """Wait until the socket is ready for `events`. Send stamps queued on the error queue
-        wake every poll (POLLERR) until read, so they are read here, not spun on."""
-        poller = select.poll()
-        poller.register(self.sock, events)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("timed out")
-            ready = poller.poll(left * 1000.0)
-            if not ready:
-                continue
-            revents = ready[0][1]
-            if revents & events or revents & (select.POLLHUP | select.POLLNVAL):
-                return
-            if revents & select.POLLERR and not self._drain_errors():
-                return  # not a stamp: a real socket error, which the next send or recv raises
+    def _limit(self, option: int, deadline: float) -> None:
+        """Bound the next blocking send or receive by `deadline` (the kernel's own timeout,
+        SO_SNDTIMEO or SO_RCVTIMEO); TimeoutError once it has passed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        if option == socket.SO_RCVTIMEO and 0 <= self._rcv_limit - left <= LIMIT_SLACK_S:
+            return  # set already, overshooting the deadline by little: a syscall saved
+        sec = int(left)
+        usec = max(int((left - sec) * 1e6), 1 if sec == 0 else 0)
+        self.sock.setsockopt(socket.SOL_SOCKET, option, _TIMEVAL.pack(sec, usec))
+        if option == socket.SO_RCVTIMEO:
+            self._rcv_limit = left
 
     def _drain_errors(self) -> int:
         """Read the error queue's send stamps into `_tx`; how many it held."""
@@ -243,7 +244,7 @@ class Connection:
         count = 0
         while True:
             try:
-                _, anc, _, _ = self.sock.recvmsg(1, _ANC, socket.MSG_ERRQUEUE)
+                _, anc, _, _ = self.sock.recvmsg(1, _ANC, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return count
             except OSError:
