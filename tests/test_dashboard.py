@@ -225,6 +225,39 @@ def test_run_page_charts_tables_and_alerts_move_live(shared: DaemonProcess, page
     shot(page, "run")
 
 
+def serving_samples(run: str, t: float, n: int, joules: float,
+                    kv: list[float]) -> dict[str, Any]:
+    """A second of samples of a model on this host whose GPUs used `joules` each, and the
+    engine's KV-cache usage read at the values `kv`."""
+    batch = [sample(t + k * 0.05, k) for k in range(n)]
+    for k, s in enumerate(batch):
+        for g in s["gpus"]:
+            g["energy_j"] = 1000.0 + joules * k / (n - 1)
+    scrapes = [{"t": t + i * 0.25, "engine": "vllm", "kv_cache_usage": v, "running": 2 + i,
+                "waiting": i % 2} for i, v in enumerate(kv)]
+    return ev(run, "watchdog.sample", {"host": "h1", "samples": batch, "server": scrapes,
+                                       "model_gpus": [0, 1]}, t + n * 0.05)
+
+
+def test_run_page_plots_the_engines_kv_cache_and_shows_energy_per_correct_answer(
+        shared: DaemonProcess, page: Page) -> None:
+    run = "served-r"
+    t = T0 + 300
+    post(shared, [*begin(run, 4, ts=t), *(done(run, i, t + 1 + i * 0.1, score=1.0)
+                                          for i in range(4))])
+    page.goto(f"{shared.url}/run.html?run={run}")
+    expect(page.locator("#conn-status")).to_have_text("live")
+    expect(page.locator("#server-figure")).to_be_hidden()  # no engine metrics yet
+    post(shared, [serving_samples(run, t + 2, 20, joules=200.0, kv=[0.1, 0.3, 0.42, 0.2])])
+    chart = page.locator("#chart-server")
+    expect(page.locator("#server-figure")).to_be_visible()
+    expect(chart).to_have_attribute("data-series", "KV cache %,running,waiting")
+    expect(chart).to_have_attribute("data-points", "4")
+    head = page.locator("#run-head")
+    expect(head.locator(".kv-peak")).to_have_text("42.0%")
+    expect(head.locator(".joules")).to_have_text("100.0")  # 2 GPUs x 200 J over 4 correct
+
+
 def test_reconnects_after_the_daemon_is_killed_and_shows_the_right_totals(
         tmp_path: Path, page: Page) -> None:
     db = tmp_path / "vlmd.db"
@@ -267,12 +300,18 @@ def test_compare_page_marks_the_pareto_front(tmp_path: Path, page: Page) -> None
     try:
         # (run, accuracy, TTFT ms, seconds between items): A and B are on the front, C is not.
         figures = [("A", 0.9, 100.0, 0.1), ("B", 0.8, 50.0, 1.0), ("C", 0.7, 120.0, 0.2)]
+        # energy per correct answer: A spends 100 J on 9 right, B 60 J on 8, C's GPU cannot say
+        energy = {"A": serving_samples("A", T0 + 15, 5, joules=50.0, kv=[0.5]),
+                  "B": serving_samples("B", T0 + 1015, 5, joules=30.0, kv=[0.5]),
+                  "C": ev("C", "watchdog.sample", {"host": "h1", "model_gpus": [0], "samples": [
+                      {**sample(T0 + 2015, 0), "gpus": [{"index": 0, "energy_j": None}]}]},
+                      T0 + 2016)}
         for k, (run, acc, ttft, gap) in enumerate(figures):
             t = T0 + 1000 * k
             right = round(acc * 10)
             post(d, [*begin(run, 10, ts=t, model=f"demo:{run.lower()}"),
                      *(done(run, i, t + 1 + gap * (i + 1), score=float(i < right), ttft=ttft)
-                       for i in range(10)), ev(run, "run.finished", {}, t + 20)])
+                       for i in range(10)), energy[run], ev(run, "run.finished", {}, t + 20)])
         page.goto(f"{d.url}/compare.html")
         table = page.locator("#compare-table")
         for run, on_front in (("A", "true"), ("B", "true"), ("C", "false")):
@@ -286,6 +325,14 @@ def test_compare_page_marks_the_pareto_front(tmp_path: Path, page: Page) -> None
         page.select_option("#metric", "items_per_s")  # higher is better: A beats B and C
         expect(table.locator('tr[data-pareto="true"]')).to_have_count(1)
         expect(table.locator('tr[data-run="A"]')).to_have_attribute("data-pareto", "true")
+
+        page.select_option("#metric", "joules")
+        expect(table.locator('tr[data-run="A"] .joules')).to_have_text("11.1")
+        expect(table.locator('tr[data-run="B"] .joules')).to_have_text("7.5")
+        expect(table.locator('tr[data-run="C"] .joules')).to_have_text("na")
+        expect(page.locator("#scatter")).to_have_attribute("data-points", "2")
+        expect(table.locator('tr[data-run="A"]')).to_have_attribute("data-pareto", "true")
+        expect(table.locator('tr[data-run="B"]')).to_have_attribute("data-pareto", "true")
 
         page.select_option("#metric", "ttft_p50")
         t = T0 + 5000

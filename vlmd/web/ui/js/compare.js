@@ -1,7 +1,8 @@
 // The compare page: accuracy against a chosen cost for every run, with the Pareto front marked.
 //
-// Figures come from `GET /api/runs/{run}` (the daemon's summary). The state stream says which
-// runs moved: their summaries are re-read, at most once per REFRESH_MS.
+// Figures come from `GET /api/runs/{run}` (the daemon's summary, and the run's row for the
+// energy per correct answer). The state stream says which runs moved: their summaries are
+// re-read, at most once per REFRESH_MS.
 
 import { svgEl } from "./charts.js";
 import { followState, getJSON } from "./feed.js";
@@ -14,6 +15,7 @@ const METRICS = {
   tpot_p50: { label: "TPOT p50 (ms)", get: (s) => s.tpot_ms?.p50, higher: false },
   vram_p50: { label: "peak VRAM delta p50 (MB)", get: (s) => s.vram_peak_delta_mb?.p50, higher: false },
   items_per_s: { label: "items/s", get: (s) => s.items_per_s, higher: true },
+  joules: { label: "energy per correct answer (J)", get: (s, r) => r.joules_per_correct, higher: false },
 };
 
 const runs = new Map(); // run id -> GET /api/runs/{run}
@@ -29,8 +31,8 @@ async function load(run) {
 function render() {
   const metric = METRICS[select.value];
   const all = [...runs.values()].sort((a, b) => (a.submitted_at ?? 0) - (b.submitted_at ?? 0));
-  const plotted = all.filter((r) => r.summary.accuracy != null && metric.get(r.summary) != null);
-  const points = plotted.map((r) => ({ run: r, acc: r.summary.accuracy, cost: metric.get(r.summary) }));
+  const plotted = all.filter((r) => r.summary.accuracy != null && metric.get(r.summary, r) != null);
+  const points = plotted.map((r) => ({ run: r, acc: r.summary.accuracy, cost: metric.get(r.summary, r) }));
   const front = paretoFront(points, metric.higher);
   const onFront = new Set([...front].map((i) => points[i].run.run));
   drawScatter(points, front, metric);
@@ -46,6 +48,7 @@ function render() {
       h("td", { class: "num" }, fmt(s.ttft_ms?.p50)), h("td", { class: "num" }, fmt(s.tpot_ms?.p50)),
       h("td", { class: "num" }, fmt(s.vram_peak_delta_mb?.p50)),
       h("td", { class: "num" }, fmt(s.items_per_s, 2)),
+      h("td", { class: "num joules" }, r.energy_source === "na" ? "na" : fmt(r.joules_per_correct, 1)),
       h("td", { class: "front" }, pareto ? "★ front" : ""));
   }));
 }

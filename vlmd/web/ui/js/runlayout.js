@@ -15,6 +15,8 @@ export const RUN_LAYOUT = `
     <div><dt>ETA</dt><dd class="eta">—</dd></div>
     <div><dt>accuracy</dt><dd class="accuracy">—</dd></div>
     <div><dt>alerts</dt><dd class="alerts">0</dd></div>
+    <div><dt>J / correct</dt><dd class="joules">—</dd></div>
+    <div><dt>KV peak</dt><dd class="kv-peak">—</dd></div>
   </dl>
   <div id="failures" hidden><h3>Item errors</h3><ol class="failures-list"></ol></div>
   <ul id="notes" class="sub notes"></ul>
@@ -29,6 +31,8 @@ export const RUN_LAYOUT = `
     <div id="chart-memory" class="chart"></div></figure>
   <figure class="gpu-chart"><figcaption>GPU utilisation</figcaption><div id="chart-util" class="chart"></div></figure>
   <figure><figcaption>RAM: wrapper RSS and host used</figcaption><div id="chart-ram" class="chart"></div></figure>
+  <figure id="server-figure" hidden><figcaption>Serving engine (its /metrics): KV-cache usage (%),
+    requests running and waiting</figcaption><div id="chart-server" class="chart"></div></figure>
 </section>
 <section class="hists">
   <figure><figcaption>TTFT</figcaption><div id="hist-ttft" class="hist"></div></figure>

@@ -19,6 +19,7 @@ export class RunModel {
     this.memory = new Series(); // MB: per GPU used and the wrapper's own, over time
     this.util = new Series(); // %: per GPU utilisation
     this.ram = new Series(); // MB: wrapper RSS and host used
+    this.server = new Series(); // the serving engine's /metrics: KV cache %, requests
     this.alerts = [];
     this.gpuSamples = 0; // samples that named a GPU, and those that named none: a host
     this.bareSamples = 0; // without GPUs gets a sentence instead of empty charts
@@ -73,6 +74,14 @@ export class RunModel {
       this.memory.push(t, mem);
       this.util.push(t, util);
       this.ram.push(t, ram);
+    }
+    for (const s of Array.isArray(body.server) ? body.server : []) {
+      if (typeof s.t !== "number" || s.error) continue;
+      const values = {};
+      if (typeof s.kv_cache_usage === "number") values["KV cache %"] = 100 * s.kv_cache_usage;
+      if (typeof s.running === "number") values.running = s.running;
+      if (typeof s.waiting === "number") values.waiting = s.waiting;
+      this.server.push(s.t, values);
     }
     this.dirty.series = true;
   }

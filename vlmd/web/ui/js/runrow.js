@@ -5,6 +5,7 @@
 // (data-done, -failed, -total, -status, -outcome, -accuracy, -alerts, -reason, -shards).
 // The badge says how an ended run ended (the row's `outcome`: a run that finished with failed
 // items is not a green "finished"); before the first items, `phase` says what the agents do.
+// Joules per correct answer and the KV-cache peak show where the page has a place for them.
 
 import { fmt, fmtDuration, fmtPct, h, setText } from "./util.js";
 
@@ -74,6 +75,9 @@ export function updateRunFields(el, row) {
   setText(q("rate"), row.rate ? fmt(row.rate, 2) : "—");
   setText(q("eta"), fmtDuration(row.eta_s));
   setText(q("accuracy"), fmtPct(row.accuracy));
+  // the fold's figures of energy (na: a GPU without an energy counter) and the engine's KV cache
+  setText(q("joules"), row.energy_source === "na" ? "na" : fmt(row.joules_per_correct, 1));
+  setText(q("kv-peak"), fmtPct(row.kv_cache_peak));
   const alerts = q("alerts");
   if (alerts) {
     setText(alerts, String(row.alerts));

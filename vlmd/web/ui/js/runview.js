@@ -52,6 +52,7 @@ export class RunView {
       memory: new TimeChart(document.getElementById("chart-memory"), { unit: "MB", markers }),
       util: new TimeChart(document.getElementById("chart-util"), { unit: "%", markers }),
       ram: new TimeChart(document.getElementById("chart-ram"), { unit: "MB", markers }),
+      server: new TimeChart(document.getElementById("chart-server"), { unit: "% · requests", markers }),
     };
     this.schedule = frameScheduler(() => this.render());
     this.bindAnswerControls();
@@ -80,6 +81,10 @@ export class RunView {
       const noGpu = m.gpuSamples === 0 && m.bareSamples > 0;
       document.getElementById("no-gpu").hidden = !noGpu;
       for (const f of document.querySelectorAll(".charts .gpu-chart")) f.hidden = noGpu;
+      if (m.server.count) {
+        document.getElementById("server-figure").hidden = false;
+        this.charts.server.update(m.server);
+      }
       m.dirty.series = false;
     }
     if (m.dirty.alerts) this.renderAlerts();
