@@ -19,8 +19,12 @@ request's last byte arrived, ``first_ns`` when the first content chunk left and 
 process's ``time.time_ns`` (``clock: user``), all CLOCK_REALTIME; and the request's ``body``
 and ``auth`` header.
 
-``GET /stats``: ``connections`` accepted, ``requests`` served, ``tls`` handshakes done,
-``peak_running`` (the most requests streaming at once).
+``GET /v1/models`` lists no model (it plays whichever script a request names, as an unpinned
+``transformers serve`` loads whichever folder a request names).
+
+``GET /stats``: ``connections`` accepted, ``completion_connections`` (those that carried a
+completion request), ``requests`` served, ``tls`` handshakes done, ``peak_running`` (the most
+requests streaming at once).
 ``GET /metrics``: Prometheus text with the chosen engine's families (vLLM:
 ``vllm:kv_cache_usage_perc``, ``vllm:num_requests_running``, ``vllm:num_requests_waiting``;
 SGLang: ``sglang:token_usage``, ``sglang:num_running_reqs``, ``sglang:num_queue_reqs``) among
@@ -76,6 +80,7 @@ class Conn:
     written: int = 0  # bytes handed to send(), the kernel's OPT_ID counter
     pending_tx: dict[int, tuple[dict[str, Any], str]] = field(default_factory=dict)
     rx_ns: int = 0
+    served: bool = False  # it carried a completion request
 
 
 class Server:
@@ -98,7 +103,8 @@ class Server:
         self.running: set[int] = set()
         self.waiting: deque[Stream] = deque()
         self.truth: list[dict[str, Any]] = []
-        self.stats = {"connections": 0, "requests": 0, "tls": 0, "peak_running": 0}
+        self.stats = {"connections": 0, "requests": 0, "tls": 0, "peak_running": 0,
+                      "completion_connections": 0}
 
     def serve(self) -> None:
         print(f"PORT {self.listener.getsockname()[1]}", flush=True)
@@ -204,7 +210,7 @@ class Server:
                 self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4"
                            b"\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text.encode()))
         elif method == "GET" and path == "/v1/models":
-            self._json(conn, 200, {"data": [{"id": "scripted"}]})
+            self._json(conn, 200, {"object": "list", "data": []})
         elif method == "POST" and path == "/v1/chat/completions":
             self._completion(conn, json.loads(body), headers.get("authorization"))
         else:
@@ -212,6 +218,9 @@ class Server:
 
     def _completion(self, conn: Conn, body: dict[str, Any], auth: str | None) -> None:
         self.stats["requests"] += 1
+        if not conn.served:
+            conn.served = True
+            self.stats["completion_connections"] += 1
         mode, _, query = str(body.get("model", "stream")).partition("?")
         params = dict(parse_qsl(query))
         if mode == "error":

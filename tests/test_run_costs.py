@@ -92,3 +92,15 @@ def test_the_report_shows_joules_per_correct_answer_and_says_na() -> None:
     assert lines[1].split()[-2:] == ["130.0", "50%"]
     assert lines[2].split()[-2:] == ["na", "-"]
     assert lines[3].split()[-2:] == ["-", "50%"]
+
+
+def test_samples_logged_before_the_start_or_after_the_end_count_for_their_part_of_the_run() -> None:
+    # the watchdog's batch reaches the log before the wrapper's run.started, and the last batch
+    # after its run.finished: what lies in [start, end] by the samples' own times counts
+    run = [submitted("r"),
+           samples("h", T0 + 9, [(0.0,), (50.0,), (100.0,), (150.0,)], model=[0]),  # 9 .. 10.5
+           {**started("r"), "ts": T0 + 10}, completed("r", 1),
+           {**finished("r"), "ts": T0 + 11.25},
+           samples("h", T0 + 11, [(200.0,), (250.0,), (300.0,)], model=[0])]  # 11 .. 12
+    row = fold(run)
+    assert row["energy_j"] == pytest.approx(100.0 * 1.25)  # 100 J/s from 10 to 11.25

@@ -3,7 +3,9 @@ that run the model, and the serving engine's KV-cache peak.
 
 - ``energy_j``: the rise of NVML's energy counter on the GPUs the agents name as the model's
   (``model_gpus``: those of an in-process model, or every GPU of the host of a local server),
-  from the first sample after the run started until it ends. Each GPU (host, index) is counted
+  over the time from the run's start to its end, by the samples' own times (the share of each
+  interval between two samples that lies within the run; a batch logged before the start or
+  after the end still counts for its part). Each GPU (host, index) is counted
   once however many agents sample it, over its samples in time order; a counter that goes back
   (a driver reload) starts again. ``energy_source`` is ``nvml``, or ``na`` when such a GPU has
   no counter, or None when no model GPU was sampled (a remote server, no NVML).
@@ -19,6 +21,8 @@ from typing import Any
 
 from vlmd.projections.gpus import samples_of
 
+EARLY_KEEP = 8  # sample events kept while the run's start is not yet in the log
+
 
 @dataclass
 class RunCosts:
@@ -29,36 +33,56 @@ class RunCosts:
     energy_seen: bool = False  # some model GPU's counter rose between two samples
     kv_cache_peak: float | None = None
     last: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+    early: list[dict[str, Any]] = field(default_factory=list)
 
-    def apply(self, body: dict[str, Any], started_at: float | None) -> None:
-        """Fold one ``watchdog.sample`` body of the run (while it runs, from `started_at`)."""
+    def apply(self, body: dict[str, Any], started_at: float | None,
+              ended_at: float | None = None) -> None:
+        """Fold one ``watchdog.sample`` body of the run: the energy its samples show between
+        `started_at` and `ended_at` (None: the run has not ended). A body logged before the
+        run's start (agents send samples and items through different outboxes) waits for it."""
         for scrape in body.get("server") or ():
-            usage = scrape.get("kv_cache_usage") if isinstance(scrape, dict) else None
+            if not isinstance(scrape, dict) or (ended_at is not None
+                                                and (scrape.get("t") or 0) > ended_at):
+                continue
+            usage = scrape.get("kv_cache_usage")
             if isinstance(usage, int | float) and (self.kv_cache_peak is None
                                                   or usage > self.kv_cache_peak):
                 self.kv_cache_peak = float(usage)
-        gpus = body.get("model_gpus")
-        if not isinstance(gpus, list) or started_at is None:
+        if not isinstance(body.get("model_gpus"), list):
             return
-        wanted, host = set(gpus), str(body.get("host"))
+        if started_at is None:
+            self.early = [*self.early, body][-EARLY_KEEP:]
+            return
+        early, self.early = self.early, []
+        for b in [*early, body]:
+            self._energy(b, started_at, ended_at)
+
+    def _energy(self, body: dict[str, Any], start: float, end: float | None) -> None:
+        """Each model GPU's counter rise between its consecutive samples, the share of each
+        interval that lies within [start, end] (linear in time)."""
+        wanted, host = set(body["model_gpus"]), str(body.get("host"))
         for sample in samples_of(body):
             t = sample.get("t")
-            if not isinstance(t, int | float) or t < started_at:
+            if not isinstance(t, int | float):
                 continue
             for gpu in sample.get("gpus") or ():
                 if not isinstance(gpu, dict) or gpu.get("index") not in wanted or gpu.get("lost"):
                     continue
                 value = gpu.get("energy_j")
                 if not isinstance(value, int | float):
-                    self.energy_na = True
+                    if start <= t and (end is None or t <= end):
+                        self.energy_na = True
                     continue
                 key = (host, gpu["index"])
                 before = self.last.get(key)
                 if before is not None and t <= before[0]:
                     continue  # another agent's older sample of the same GPU
-                if before is not None and value >= before[1]:
-                    self.energy_j += value - before[1]
-                    self.energy_seen = True
+                if before is not None and value >= before[1]:  # else the counter was reset
+                    t0, v0 = before
+                    lo, hi = max(t0, start), t if end is None else min(t, end)
+                    if hi > lo:
+                        self.energy_j += (value - v0) * (hi - lo) / (t - t0)
+                        self.energy_seen = True
                 self.last[key] = (t, value)
 
     def row(self, score_sum: float) -> dict[str, Any]:

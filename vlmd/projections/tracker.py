@@ -330,8 +330,7 @@ def _scheduled(s: RunState, e: Event, t: Tracker) -> None:
 
 
 def _sample(s: RunState, e: Event, t: Tracker) -> None:
-    if s.status not in TERMINAL:
-        s.costs.apply(e.body, s.started_at)
+    s.costs.apply(e.body, s.started_at, s.finished_at if s.status in TERMINAL else None)
 
 
 def _ignore(s: RunState, e: Event, t: Tracker) -> None:
