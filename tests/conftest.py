@@ -92,8 +92,9 @@ def start_daemon(db: Path, *, port: int = 0, extra: list[str] | None = None,
 def _config_file(folder: Path, toml: str = "") -> Path:
     # tests may write their own vlmd-test.toml; extra TOML gets a file of its own
     path = folder / (f"vlmd-test-{abs(hash(toml))}.toml" if toml else "vlmd-test.toml")
-    if not path.exists():
-        path.write_text("[datasette]\nenabled = false\n" + toml)
+    if not path.exists():  # Datasette off, unless `toml` says otherwise
+        off = "" if "[datasette]" in toml else "[datasette]\nenabled = false\n"
+        path.write_text(off + toml)
     return path
 
 

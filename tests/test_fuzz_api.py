@@ -270,8 +270,9 @@ def raw_request(t: Target, method: str, target_path: str, body: bytes = b"",
                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """Send exactly `target_path` (no client-side normalisation of ``..``); (status, body)."""
     url = urlsplit(t.proc.url)
-    lines = [f"{method} {target_path} HTTP/1.1", "host: vlmd", f"content-length: {len(body)}",
-             "connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    lines = [f"{method} {target_path} HTTP/1.1", f"host: {url.netloc}",
+             f"content-length: {len(body)}", "connection: close",
+             *(f"{k}: {v}" for k, v in (headers or {}).items())]
     with socket.create_connection((url.hostname, url.port), timeout=30) as s:
         s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         data = b""

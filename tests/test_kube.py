@@ -34,7 +34,16 @@ def manifest(*args: str) -> dict[str, Any]:
                   *args)
     assert done.returncode == 0, done.stderr
     assert "never-printed-token" not in done.stdout + done.stderr
-    doc: dict[str, Any] = json.loads(done.stdout)
+    return job_of(json.loads(done.stdout))
+
+
+def job_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The Job of a printed manifest: alone (``--secret``), or after the Secret holding the
+    run's own token in a List."""
+    if doc["kind"] == "List":
+        secret, job = doc["items"]
+        assert secret["kind"] == "Secret" and set(secret["stringData"]) == {"token"}
+        return dict(job)
     return doc
 
 
@@ -108,7 +117,7 @@ def test_register_records_the_run_in_vlmd_before_any_pod_starts(
                   config=config, token=daemon_proc.token)
     assert done.returncode == 0, done.stderr
     assert daemon_proc.token not in done.stdout
-    run = json.loads(done.stdout)["metadata"]["annotations"]["vlmd/run"]
+    run = job_of(json.loads(done.stdout))["metadata"]["annotations"]["vlmd/run"]
     state = httpx.get(f"{daemon_proc.url}/api/runs/k8s-nightly", timeout=10).json()
     assert (state["run"], state["model"], state["status"]) == (run, "demo:instant", "submitted")
 

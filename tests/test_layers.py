@@ -18,15 +18,17 @@ MAX_MODULES_PER_FOLDER = 15
 # bottom: a layer may use the ones listed for it, never one that lists it.
 LAYERS: dict[str, set[str]] = {
     "vlmd.config": set(),
+    "vlmd.tokens": set(),
     "vlmd.store": set(),
     "vlmd.projections": {"vlmd.store"},
     "vlmd.live": {"vlmd.store", "vlmd.projections"},
-    "vlmd.launch": {"vlmd.config", "vlmd.store", "vlmd.projections"},
-    "vlmd.web": {"vlmd.config", "vlmd.store", "vlmd.projections", "vlmd.live", "vlmd.launch"},
-    "vlmd.daemon": {"vlmd.config", "vlmd.store", "vlmd.projections", "vlmd.live",
+    "vlmd.launch": {"vlmd.config", "vlmd.tokens", "vlmd.store", "vlmd.projections"},
+    "vlmd.web": {"vlmd.config", "vlmd.tokens", "vlmd.store", "vlmd.projections", "vlmd.live",
+                 "vlmd.launch"},
+    "vlmd.daemon": {"vlmd.config", "vlmd.tokens", "vlmd.store", "vlmd.projections", "vlmd.live",
                     "vlmd.launch", "vlmd.web"},
-    "vlmd.cli": {"vlmd.config", "vlmd.store", "vlmd.projections", "vlmd.live", "vlmd.launch",
-                 "vlmd.daemon"},
+    "vlmd.cli": {"vlmd.config", "vlmd.tokens", "vlmd.store", "vlmd.projections", "vlmd.live",
+                 "vlmd.launch", "vlmd.daemon"},
 }
 # what vlmd may import of the agent: the wire schema and its catalog; the dataset readers
 # (standard library only: the daemon serves items' images and checks a dataset before a run);

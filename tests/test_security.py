@@ -20,17 +20,23 @@ from vlmd.cli.wsclient import Closed, open_ws
 from vlmd.config import Config
 from vlmd.daemon import datasette
 from vlmd.daemon.serve import Daemon, is_loopback, serve, warn_if_exposed
+from vlmd.tokens import Tokens, mint
 from vlmd.web import api
+from vlmd.web.auth import Auth
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"authorization": f"Bearer {TOKEN}"}
+READ_TOKEN = "test-read-token"
 READS = ["/api/runs", "/api/runs/r1", "/api/runs/r1/items", "/api/runs/r1/answers.csv",
          "/api/runs/r1/state", "/api/events", "/metrics"]
 
 
 @pytest.fixture
-async def locked(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
-    """A daemon with ``server.read_token = true`` and one run in its log."""
+async def locked(tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+                 ) -> AsyncIterator[Daemon]:
+    """A daemon with ``server.read_token = true`` (the read token `READ_TOKEN`) and one run in
+    its log."""
+    monkeypatch.setenv("VLMD_READ_TOKEN", READ_TOKEN)
     d: Daemon = await nursery.start(serve, daemon_config(tmp_path / "vlmd.db", read_token=True))
     async with httpx.AsyncClient(base_url=d.url, headers=AUTH) as c:
         r = await c.post("/api/events", json=[submitted("r1"), started("r1"), completed("r1", 1)])
@@ -54,16 +60,23 @@ def test_the_token_is_compared_with_hmac_compare_digest(monkeypatch: pytest.Monk
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(hmac, "compare_digest", spy)  # the module api.py calls it through
-    checker = api.Api.__new__(api.Api)
-    checker.token, checker.read_token = TOKEN.encode(), False
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the module vlmd.tokens calls it through
+    checker = Auth(Tokens(TOKEN, READ_TOKEN))
     checker.authorize(_request(f"Bearer {TOKEN}"))
     for wrong in ("Bearer nope", f"Bearer {TOKEN}x", f"bearer {TOKEN[:-1]}"):
         with pytest.raises(api.ApiError) as err:
             checker.authorize(_request(wrong))
         assert err.value.status == 401
-    assert calls == [(TOKEN.encode(), TOKEN.encode()), (b"nope", TOKEN.encode()),
-                     (f"{TOKEN}x".encode(), TOKEN.encode()), (TOKEN[:-1].encode(), TOKEN.encode())]
+    t, r = TOKEN.encode(), READ_TOKEN.encode()
+    assert calls == [(t, t), (b"nope", t), (b"nope", r), (t + b"x", t), (t + b"x", r),
+                     (t[:-1], t), (t[:-1], r)]
+    calls.clear()
+    forged = mint("another secret", "r1")
+    with pytest.raises(api.ApiError):
+        checker.authorize_events(_request(f"Bearer {forged}"))
+    mac = forged.rpartition(".")[2].encode()
+    assert calls[:2] == [(forged.encode(), t), (forged.encode(), r)]
+    assert calls[2][0] == mac and calls[2][1] != mac and len(calls) == 3
     with pytest.raises(api.ApiError, match="missing token"):
         checker.authorize(_request(None))
 
@@ -88,10 +101,12 @@ async def test_read_token_puts_every_read_behind_the_token(locked: Daemon) -> No
                     ).status_code == 401
         health = (await anon.get("/healthz")).json()
         assert health == {"ok": True, "write_error": None}  # probes still work, no details
-    async with httpx.AsyncClient(base_url=locked.url, headers=AUTH) as c:
-        for path in READS:
-            assert (await c.get(path)).status_code == 200, path
-        assert (await c.get("/healthz")).json()["runs"] == 1
+    for token in (TOKEN, READ_TOKEN):
+        async with httpx.AsyncClient(base_url=locked.url,
+                                     headers={"authorization": f"Bearer {token}"}) as c:
+            for path in READS:
+                assert (await c.get(path)).status_code == 200, path
+            assert (await c.get("/healthz")).json()["runs"] == 1
 
 
 async def test_the_dashboards_static_files_stay_public(locked: Daemon) -> None:
@@ -106,13 +121,14 @@ def _ws(d: Daemon, query: str) -> str:
 
 
 async def test_read_token_guards_the_feed_which_accepts_a_token_query(locked: Daemon) -> None:
-    for query in ("?after=0", f"?after=0&token={TOKEN}x", "?after=0&token="):
+    for query in ("?after=0", f"?after=0&token={READ_TOKEN}x", "?after=0&token=",
+                  f"?after=0&token={TOKEN}"):  # the write token never in a URL
         async with open_ws(_ws(locked, query)) as ws:
             with pytest.raises(Closed) as closed:
                 await ws.get_message()
         assert closed.value.code == 1008
         assert "token" in closed.value.reason
-    async with open_ws(_ws(locked, f"?after=0&token={TOKEN}")) as ws:
+    async with open_ws(_ws(locked, f"?after=0&token={READ_TOKEN}")) as ws:
         backlog = await ws.get_message()
     assert '"seq":3' in backlog
     for path in ("/api/replay?run=r1", "/api/state"):
@@ -120,8 +136,8 @@ async def test_read_token_guards_the_feed_which_accepts_a_token_query(locked: Da
             with pytest.raises(Closed) as closed:
                 await ws.get_message()
         assert closed.value.code == 1008 and "token" in closed.value.reason, path
-    async with open_ws(locked.url.replace("http://", "ws://") + f"/api/state?token={TOKEN}"
-                       ) as ws:
+    async with open_ws(locked.url.replace("http://", "ws://") +
+                       f"/api/state?token={READ_TOKEN}") as ws:
         assert '"run":"r1"' in await ws.get_message()
 
 
@@ -216,23 +232,32 @@ def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-def test_binding_beyond_loopback_without_a_chosen_token_warns(
+def test_binding_beyond_loopback_warns_of_open_reads_and_of_an_unchosen_token(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
         ) -> None:
     monkeypatch.delenv("VLMD_TOKEN", raising=False)
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     base = Config().replace(log={"path": str(tmp_path / "vlmd.db")})
     with caplog.at_level(logging.WARNING, logger="vlmd"):
-        assert warn_if_exposed(base.replace(server={"host": "0.0.0.0"})) is True
-        assert warn_if_exposed(base.replace(server={"host": "127.0.0.1"})) is False
+        assert warn_if_exposed(base.replace(server={"host": "0.0.0.0"})) == 2
+        assert warn_if_exposed(base.replace(server={"host": "127.0.0.1"})) == 0
+        caplog.clear()
+        # a chosen write token leaves the reads open: that is said too
         assert warn_if_exposed(base.replace(server={"host": "0.0.0.0", "token": "chosen"})
-                               ) is False
+                               ) == 1
+        [reads] = [r.getMessage() for r in caplog.records]
+        assert "0.0.0.0" in reads and "reads open" in reads and "server.read_token" in reads
+        assert warn_if_exposed(base.replace(server={"host": "0.0.0.0", "token": "chosen",
+                                                    "read_token": True})) == 0
+        caplog.clear()
         monkeypatch.setenv("VLMD_TOKEN", "from-env")
-        assert warn_if_exposed(base.replace(server={"host": "0.0.0.0"})) is False
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "0.0.0.0" in warnings[0].getMessage()
-    assert "server.token" in warnings[0].getMessage()
+        assert warn_if_exposed(base.replace(server={"host": "::", "read_token": True})) == 0
+        assert warn_if_exposed(base.replace(server={"host": "10.0.0.5", "read_token": True},
+                                            )) == 0
+        monkeypatch.delenv("VLMD_TOKEN")
+        assert warn_if_exposed(base.replace(server={"host": "::", "read_token": True})) == 1
+    [token] = [r.getMessage() for r in caplog.records]
+    assert "::" in token and "server.token" in token
 
 
 async def test_serve_logs_the_warning_when_bound_to_all_addresses(

@@ -33,6 +33,7 @@ from vlmd.launch.slurm_job import (
 )
 from vlmd.projections import tracker
 from vlmd.store.log import Event
+from vlmd.tokens import Tokens, mint
 from vlmd_agent import wire
 from vlmd_agent.evaluate import demo_data
 
@@ -276,6 +277,9 @@ def test_a_four_shard_run_is_one_array_job_and_the_log_says_where_each_shard_ran
     folder = slurm_vlmd.folder / "jobs" / run
     assert "test-token" not in (folder / "job.sh").read_text()
     assert (folder / "job.env").stat().st_mode & 0o777 == 0o600
+    # the agents held a token minted for this run, never the write token
+    env = (folder / "job.env").read_text()
+    assert f"VLMD_TOKEN={mint('test-token', run)}\n" in env and "test-token\n" not in env
 
 
 def test_scancel_of_one_task_fails_its_shard_and_vlmd_resume_completes_the_run(
@@ -327,7 +331,7 @@ async def test_a_refused_submission_fails_the_run_with_sbatchs_answer(
 
     config = Config().replace(launcher={"kind": "slurm", "partition": "no-such-partition",
                                         "job_dir": str(tmp_path / "jobs")})
-    launcher = SlurmLauncher(config, "http://127.0.0.1:9", "t", append)
+    launcher = SlurmLauncher(config, "http://127.0.0.1:9", Tokens("t"), append)
     await launcher.launch(LaunchSpec(run="r-refused", model="demo:instant", dataset="d.jsonl"))
     [failed] = appended
     assert failed["kind"] == "run.failed" and wire.validate(appended) == []
@@ -342,7 +346,7 @@ async def test_a_job_that_slurm_forgot_fails_its_unfinished_shards(slurm_cluster
     async def append(events: list[dict[str, Any]]) -> None:
         appended.extend(events)
 
-    launcher = SlurmLauncher(Config(), "http://127.0.0.1:9", "t", append)
+    launcher = SlurmLauncher(Config(), "http://127.0.0.1:9", Tokens("t"), append)
     launcher.adopt([
         _event(1, "r-old", "run.scheduled", {"scheduler": "slurm", "job": "999999",
                                               "shards": [0, 1], "of": 2}),

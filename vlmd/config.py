@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
 TOKEN_FILE = "vlmd.token"
+READ_TOKEN_FILE = "vlmd.read-token"
 
 
 class ConfigError(ValueError):
@@ -26,6 +28,8 @@ class ServerConfig:
     port: int = 8470
     token: str = ""
     read_token: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     max_body_mb: float = 32.0
     feed_buffer: int = 256
     feed_buffer_mb: float = 8.0
@@ -129,22 +133,24 @@ class Config:
 
         With `create` (the daemon, on its first start) a missing state file is created with
         mode 0600. A client never creates one: a token it made up would only be refused.
+        ConfigError if the file is there but others could read or replace it (`token_file`).
         """
         token = os.environ.get("VLMD_TOKEN") or self.server.token
-        if token:
-            return token
-        path = self.state_dir / TOKEN_FILE
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            if not create:
-                return ""
-            path.parent.mkdir(parents=True, exist_ok=True)
-            token = secrets.token_urlsafe(32)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(token + "\n")
-            return token
+        return token or token_file(self.state_dir / TOKEN_FILE, create=create)
+
+    def resolve_read_token(self, *, create: bool = False) -> str | None:
+        """The read token when ``server.read_token`` is on (else None): ``$VLMD_READ_TOKEN``,
+        else the state file ``vlmd.read-token`` (made, with `create`, as the write token's is;
+        "" when there is none). ConfigError if it is the write token: a reader must not be able
+        to write."""
+        if not self.server.read_token:
+            return None
+        token = os.environ.get("VLMD_READ_TOKEN") or token_file(
+            self.state_dir / READ_TOKEN_FILE, create=create)
+        if token and token == self.resolve_token(create=create):
+            raise ConfigError("the read token ($VLMD_READ_TOKEN) is the write token: give "
+                              "readers a token of their own")
+        return token
 
     def token_hint(self) -> str:
         """Where a client looked for the token, and how to give it the daemon's (for a 401)."""
@@ -174,6 +180,45 @@ class Config:
         changed = {name: dataclasses.replace(getattr(self, name), **keys)
                    for name, keys in sections.items()}
         return dataclasses.replace(self, **changed)
+
+
+def token_file(path: Path, *, create: bool = True) -> str:
+    """The token in `path`; made (mode 0600) if there is none and `create`, else "".
+
+    Raises ConfigError, naming the file and what to do, when it is not a regular file of this
+    user that nobody else may read or write: a token file another user planted or can read
+    would hand them the daemon.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        if not create:
+            return ""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot use this token file ({e.strerror}); delete it and "
+                          "vlmd makes a new one") from None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        fix = f"delete it (vlmd makes a new one) or chmod 600 {path}"
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: not a regular file; delete it and vlmd makes a new one")
+        if st.st_uid != os.geteuid():
+            raise ConfigError(f"{path}: owned by uid {st.st_uid}, not by vlmd's user (uid "
+                              f"{os.geteuid()}): someone else could have chosen the token; "
+                              "delete it and vlmd makes a new one")
+        if st.st_mode & 0o077:
+            raise ConfigError(f"{path}: mode {st.st_mode & 0o777:04o} lets other users read or "
+                              f"change the token; {fix}")
+        token = f.read().strip()
+    if not token:
+        raise ConfigError(f"{path}: empty; delete it and vlmd makes a new one")
+    return token
 
 
 def _section(default: Any, values: dict[str, Any], where: str) -> Any:

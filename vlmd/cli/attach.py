@@ -42,7 +42,7 @@ async def watch(client: Client, run: str, *, embedded: bool, out: TextIO = sys.s
 
             async def draw() -> None:
                 with drawing:
-                    await follow(ws_url, run, 0, out)
+                    await follow(ws_url, run, 0, out, token=client.token)
                 if not drawing.cancelled_caught:
                     nursery.cancel_scope.cancel()
 

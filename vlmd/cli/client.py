@@ -37,7 +37,7 @@ class Client:
     `token_hint` says where the token came from, for a refusal."""
 
     def __init__(self, url: str, token: str, token_hint: str = "") -> None:
-        self.url = url
+        self.url, self.token = url, token
         self.token_hint = token_hint
         self.http = httpx.AsyncClient(base_url=url, timeout=TIMEOUT_S,
                                       headers={"authorization": f"Bearer {token}"} if token

@@ -18,6 +18,7 @@ from vlmd.config import Config
 from vlmd.launch import kube, submit
 from vlmd.launch.launcher import LaunchSpec
 from vlmd.projections.tracker import TERMINAL
+from vlmd.tokens import mint
 from vlmd_agent import wire
 
 POLL_S = 1.0
@@ -79,7 +80,8 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--gpus-per-shard", type=int,
                    help="nvidia.com/gpu per pod (default: launcher.gpus_per_shard, else 1)")
-    p.add_argument("--secret", default="vlmd-token", help="Secret holding the token (key 'token')")
+    p.add_argument("--secret", help="use this existing Secret for the token (key 'token') "
+                   "instead of the one the manifest holds (a token minted for the run)")
     p.add_argument("--url", help="vlmd's URL as pods reach it (default: launcher.agent_url)")
     p.add_argument("--register", action="store_true",
                    help="record the run in vlmd now (model, dataset, shards, name)")
@@ -93,11 +95,12 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
 def cmd_launch(args: argparse.Namespace, config: Config) -> int:
     """Print the manifest that runs a sharded evaluation on a cluster's own scheduler.
 
-    The token is not in it: create the Secret first. Pods report to vlmd's URL, which must be
-    reachable from them (see docs/CLUSTER.md).
+    The pods' token is a Secret in the manifest (a List of the Secret and the Job) holding a
+    token minted for this run: it writes only this run's events. With --secret NAME the Job
+    uses that existing Secret instead. Pods report to vlmd's URL, which must be reachable from
+    them (see docs/CLUSTER.md).
 
     Example:
-        kubectl create secret generic vlmd-token --from-literal=token="$VLMD_TOKEN"
         vlmd launch --kubernetes --model hf:/models/qwen2-vl --dataset /data/mmbench.tsv \\
             --image registry.example/vlmd-agent:1 --shards 8 --url http://vlmd.example:8470 \\
             --register | kubectl apply -f -
@@ -126,14 +129,55 @@ def cmd_launch(args: argparse.Namespace, config: Config) -> int:
                       columns=evaluation.get("columns"), judge=evaluation.get("judge"))
     gpus = args.gpus_per_shard if args.gpus_per_shard is not None else (
         config.launcher.gpus_per_shard or 1)
-    doc = kube.manifest(spec, url, config, image=args.image, secret=args.secret,
-                        gpus_per_shard=gpus)
+    name = args.secret or kube.secret_name(spec.run)
+    doc = kube.manifest(spec, url, config, image=args.image, secret=name, gpus_per_shard=gpus)
+    if args.secret is None:
+        doc = kube.with_secret(doc, kube.secret(spec, mint(_write_token(config), spec.run)))
     if args.register:
         trio.run(_register, config, spec)
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     print(f"vlmd: run {spec.run}: {spec.shards} shards; the pods read the token from Secret "
-          f"{args.secret!r} (key 'token')", file=sys.stderr)
+          f"{name!r} (key 'token')", file=sys.stderr)
     return 0
+
+
+def _token_args(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="RUN", help="a token that writes only RUN's events "
+                       "(for agents you start yourself)")
+    which.add_argument("--read", action="store_true",
+                       help="the read token (server.read_token; for the dashboard: open it "
+                            "once with ?token=...)")
+
+
+@command("token", _token_args)
+def cmd_token(args: argparse.Namespace, config: Config) -> int:
+    """Print a token: one for a run's agents, or the read token.
+
+    The write token itself never needs printing: it is $VLMD_TOKEN, server.token or the state
+    directory's vlmd.token.
+
+    Example:
+        VLMD_TOKEN=$(vlmd token --run r-7f3a2b9c01) vlmd-agent --url ... --run r-7f3a2b9c01 ...
+    """
+    if args.read:
+        read = config.resolve_read_token()
+        if read is None:
+            raise CliError("reads need no token: server.read_token is off")
+        print(read)
+        return 0
+    if not wire.RUN_RE.fullmatch(args.run):
+        raise CliError("--run: a run id: letters, digits, '.', '_', '-', ':'")
+    print(mint(_write_token(config), args.run))
+    return 0
+
+
+def _write_token(config: Config) -> str:
+    """The daemon's write token, which run tokens are minted under; CliError without it."""
+    token = config.resolve_token()
+    if not token:
+        raise CliError(f"no write token to mint a run's token with: {config.token_hint()}")
+    return token
 
 
 async def _register(config: Config, spec: LaunchSpec) -> None:

@@ -77,15 +77,16 @@ class StatusLine:
         self.drawn = now
 
 
-async def follow(ws_url: str, run: str, after: int, out: TextIO = sys.stderr) -> Row:
+async def follow(ws_url: str, run: str, after: int, out: TextIO = sys.stderr, *,
+                 token: str | None = None) -> Row:
     """Show the progress of `run` (its id, or its name) until it ends; returns its final row as
-    the daemon serves it (`RunState.to_dict`)."""
+    the daemon serves it (`RunState.to_dict`). `token`: sent when reads need one."""
     line = StatusLine(out)
     last = after
     row: Row | None = None
     while True:
         try:
-            async with open_ws(f"{ws_url}/api/state?after={last}") as ws:
+            async with open_ws(f"{ws_url}/api/state?after={last}", token=token) as ws:
                 while True:
                     with trio.move_on_after(REDRAW_S):
                         while True:

@@ -29,6 +29,7 @@ from vlmd.cli.wsclient import Closed, open_ws
 from vlmd.config import Config, ConfigError
 from vlmd.daemon import datasette
 from vlmd.daemon.serve import serve
+from vlmd.daemon.startup import StartupError
 from vlmd.live import replay
 from vlmd.projections import export
 from vlmd.projections.summary import summarize
@@ -165,7 +166,7 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
               f"&speed={args.speed!r}"
         message: Message = {}
         try:
-            async with open_ws(url) as ws:
+            async with open_ws(url, token=config.resolve_token()) as ws:
                 while True:
                     message = orjson.loads(await ws.get_message())
                     _show(line, message)
@@ -322,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config.load(args.config)
         fn, _ = COMMANDS[args.command]
         return unwrapped(fn, args, config)
-    except (ConfigError, CliError, AmbiguousName) as e:
+    except (ConfigError, CliError, AmbiguousName, StartupError) as e:
         text = "\n  ".join(one_line(line) for line in str(e).split("\n"))
         print(f"vlmd {args.command}: {text}", file=sys.stderr)
         return 2

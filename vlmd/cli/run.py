@@ -322,7 +322,8 @@ def cmd_follow(args: argparse.Namespace, config: Config) -> int:
         async with Client.of(config) as client:
             run = (await client.call("GET", f"/api/runs/{quote(args.run, safe='')}"))["run"]
             try:
-                await follow(client.url.replace("http", "ws", 1), run, 0)
+                await follow(client.url.replace("http", "ws", 1), run, 0,
+                             token=client.token)
             except KeyboardInterrupt:
                 print(f"\nvlmd: run {run} goes on (follow it: vlmd follow {run}; cancel it: "
                       f"vlmd cancel {run})", file=sys.stderr)

@@ -64,10 +64,12 @@ class WsClient:
 
 
 @asynccontextmanager
-async def open_ws(url: str, *, deflate: PerMessageDeflate | bool = True
+async def open_ws(url: str, *, deflate: PerMessageDeflate | bool = True,
+                  token: str | None = None, headers: list[tuple[str, str]] | None = None
                   ) -> AsyncIterator[WsClient]:
     """Connect to a ``ws://`` URL, offering `deflate` (True: wsproto's default offer; False:
-    none); the socket is closed on exit, whatever happened."""
+    none), with `token` in an ``Authorization: Bearer`` header and more `headers`; the socket
+    is closed on exit, whatever happened."""
     parts = urlsplit(url)
     stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
     try:
@@ -75,8 +77,10 @@ async def open_ws(url: str, *, deflate: PerMessageDeflate | bool = True
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         offers = ([deflate] if isinstance(deflate, PerMessageDeflate) else
                   [PerMessageDeflate()] if deflate else [])
+        extra = [(k.encode(), v.encode()) for k, v in
+                 [*(headers or []), *([("authorization", f"Bearer {token}")] if token else [])]]
         await stream.send_all(ws.send(Request(host=parts.netloc, target=target,
-                                              extensions=offers)))
+                                              extensions=offers, extra_headers=extra)))
         client = WsClient(stream, ws)
         while not client.pending:
             await client._events()

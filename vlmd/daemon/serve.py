@@ -13,9 +13,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import hypercorn.config
@@ -23,16 +23,18 @@ import hypercorn.trio
 import trio
 
 from vlmd.config import Config, ConfigError
-from vlmd.daemon import datasette, notify
+from vlmd.daemon import datasette, notify, startup
 from vlmd.launch import slurm
 from vlmd.launch.launcher import LocalLauncher
 from vlmd.launch.slurm import SlurmLauncher
 from vlmd.live import liveness, wsframes
 from vlmd.live.feed import Feed
 from vlmd.live.state import Live, WriteRefused
-from vlmd.store.log import Appended, EventLog
+from vlmd.store.log import Appended
+from vlmd.tokens import Tokens
 from vlmd.web.api import build_app
 from vlmd.web.conns import Connections
+from vlmd.web.origins import Origins
 
 log = logging.getLogger("vlmd")
 RETRY_WRITE_S = 1.0
@@ -72,16 +74,24 @@ def is_loopback(host: str) -> bool:
         return False  # a host name, or "" (every address)
 
 
-def warn_if_exposed(config: Config) -> bool:
-    """Log a WARNING when vlmd binds beyond loopback with only the auto-created token file
-    (nobody chose a token: anyone who can read the state directory can write). True if so."""
-    explicit = bool(os.environ.get("VLMD_TOKEN") or config.server.token)
-    if is_loopback(config.server.host) or explicit:
-        return False
-    log.warning("binding %s (not loopback) with only the token file %s: set server.token or "
-                "$VLMD_TOKEN, and consider server.read_token = true", config.server.host,
-                config.state_dir / "vlmd.token")
-    return True
+def warn_if_exposed(config: Config) -> int:
+    """When vlmd binds beyond loopback, log a WARNING for each thing that is then open to the
+    network: reads, unless ``server.read_token`` is on (anyone who reaches the port reads the
+    whole log, answers included); writes by whoever reads the state directory, when the only
+    write token is the auto-created token file. Returns how many it logged."""
+    host = config.server.host
+    if is_loopback(host):
+        return 0
+    warned = 0
+    if not config.server.read_token:
+        log.warning("binding %s (not loopback) with reads open: anyone who can reach it reads "
+                    "the whole log, answers included; set server.read_token = true", host)
+        warned += 1
+    if not (os.environ.get("VLMD_TOKEN") or config.server.token):
+        log.warning("binding %s (not loopback) with only the token file %s: set server.token "
+                    "or $VLMD_TOKEN", host, config.state_dir / "vlmd.token")
+        warned += 1
+    return warned
 
 
 def _retrying(live: Live) -> Any:
@@ -96,14 +106,15 @@ def _retrying(live: Live) -> Any:
     return append
 
 
-async def _launcher(config: Config, token: str, live: Live) -> LocalLauncher | SlurmLauncher:
+async def _launcher(config: Config, tokens: Tokens, live: Live
+                    ) -> LocalLauncher | SlurmLauncher:
     """The launcher ``[launcher] kind`` names; a Slurm one takes over the log's live jobs."""
     kind = config.launcher.kind
     if kind == "local":
-        return LocalLauncher(config, config.url, token, _retrying(live))
+        return LocalLauncher(config, config.url, tokens, _retrying(live))
     if kind != "slurm":
         raise ConfigError(f"{config.source}: [launcher] kind must be local or slurm, not {kind!r}")
-    launcher = SlurmLauncher(config, config.url, token, _retrying(live))
+    launcher = SlurmLauncher(config, config.url, tokens, _retrying(live))
     launcher.adopt(await trio.to_thread.run_sync(
         lambda: list(live.log.read(kinds=slurm.ADOPT_KINDS, until=live.head))))
     return launcher
@@ -137,23 +148,34 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
     Stopping: the feeds tell their clients to reconnect, in-flight requests get
     ``server.graceful_s`` to finish, then every connection is closed; cancelling `serve`
     closes them at once.
-    Errors: OSError if the address is taken; sqlite3.Error if the log cannot be opened.
-    Resources: the log file (WAL), one listening socket; on return the log is closed.
+    Errors: StartupError (one line naming the file or port) when the log is locked by another
+    daemon, cannot be opened or read, or the address is taken; ConfigError for a token file
+    that others could read or plant.
+    Resources: the log file (WAL) and its lock file, one listening socket; on return the log
+    is closed and the lock released.
     """
-    event_log = await trio.to_thread.run_sync(
-        partial(EventLog.open, config.log.path, synchronous=config.log.synchronous))
+    lock, event_log = await startup.open_log(config)
     try:
         server = config.server
         live = Live(event_log, Feed(server.feed_buffer, int(server.feed_buffer_mb * 2**20)))
         live.liveness = liveness.Liveness(config.watchdog.heartbeat_s)
-        await live.rebuild()
-        token = config.resolve_token(create=True)
+        try:
+            await live.rebuild()
+        except sqlite3.Error as e:
+            raise startup.StartupError(f"{event_log.path}: cannot read the event log ({e}); "
+                                       "restore it from a backup") from None
+        live.log_warning = startup.lost_acknowledged(lock, event_log)
+        live.acked = lock.acked
+        tokens = Tokens(config.resolve_token(create=True),
+                        config.resolve_read_token(create=True))
+        token = tokens.write
         warn_if_exposed(config)
-        launcher = await _launcher(config, token, live)
+        launcher = await _launcher(config, tokens, live)
         if not wsframes.install():  # one serialisation of each feed frame for every client
             log.warning("wsproto or hypercorn lacks %s: feed frames are built per connection "
                         "(slower with many clients)", ", ".join(wsframes.missing_internals()))
-        app = build_app(live, token, server, launcher=launcher)
+        origins = Origins.of(config)
+        app = build_app(live, tokens, server, launcher=launcher, origins=origins)
         shutdown = trio.Event() if shutdown is None else shutdown
         conns = Connections(server.send_timeout_s)
         hc = _hypercorn_config(config)
@@ -161,17 +183,21 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
         http_done = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_abort_when_cancelled, conns)
-            binds = await nursery.start(_http, app, hc, shutdown, http_done)
+            try:
+                binds = await nursery.start(_http, app, hc, shutdown, http_done)
+            except (OSError, BaseExceptionGroup) as e:  # hypercorn's bind, out of its nursery
+                raise startup.listen_problem(config, e) from None
             url = binds[0].replace("0.0.0.0", "127.0.0.1")
             launcher.url = url
             async with trio.open_nursery() as services:
+                await services.start(startup.sync_acked, lock)
                 await services.start(conns.watch)
                 await services.start(launcher.run)
                 await services.start(liveness.watch, live.liveness, _retrying(live))
                 if config.datasette.enabled:
                     live.datasette_url = await services.start(
                         datasette.supervise, config.log.path, config.datasette.port,
-                        config.state_dir / "datasette.log") or None
+                        config.state_dir / "datasette.log", origins) or None
                 await services.start(notify.keep_alive, live)
                 log.info("listening on %s (log %s: %d events, %d runs)", url, event_log.path,
                          live.head, len(live.tracker.runs))
@@ -193,4 +219,5 @@ async def serve(config: Config, *, shutdown: trio.Event | None = None,
             nursery.cancel_scope.cancel()
     finally:
         event_log.close()
+        lock.release()
         log.info("stopped; the log is closed cleanly at seq %d", event_log.last_seq)

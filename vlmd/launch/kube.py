@@ -1,9 +1,10 @@
 """Kubernetes: a run's shards as an Indexed Job (``vlmd launch --kubernetes`` prints it).
 
 Completion index ``i`` runs ``vlmd-agent --shard i/N`` against vlmd's URL; the token comes from a
-Secret (``kubectl create secret generic vlmd-token --from-literal=token=...``), never from the
-manifest. A failed pod is replaced (``backoffLimit``) and its agent resumes from the first item
-vlmd does not hold as completed. The manifest is JSON, which ``kubectl apply -f -`` reads.
+Secret, never from the pods' spec: by default one the printed manifest holds, with a token minted
+for this run (it writes that run's events only; `secret`), else one the operator made. A failed
+pod is replaced (``backoffLimit``) and its agent resumes from the first item vlmd does not hold
+as completed. The manifest is JSON, which ``kubectl apply -f -`` reads.
 """
 
 from __future__ import annotations
@@ -27,6 +28,29 @@ def job_name(run: str) -> str:
     return name.strip("-")
 
 
+def secret_name(run: str) -> str:
+    """The name of the Secret that holds the run's token."""
+    return job_name(run)[:57].rstrip("-") + "-token"
+
+
+def secret(spec: LaunchSpec, token: str) -> dict[str, Any]:
+    """The Secret holding `token` (the run's own) under the key ``token``."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": secret_name(spec.run), "labels": _labels(spec.run),
+                         "annotations": {"vlmd/run": spec.run}},
+            "stringData": {"token": token}}
+
+
+def with_secret(job: dict[str, Any], secret_doc: dict[str, Any]) -> dict[str, Any]:
+    """The Secret and the Job as one ``v1 List`` (``kubectl apply -f -`` creates both)."""
+    return {"apiVersion": "v1", "kind": "List", "items": [secret_doc, job]}
+
+
+def _labels(run: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "vlmd-agent", "app.kubernetes.io/part-of": "vlmd",
+            "vlmd/run": job_name(run).removeprefix("vlmd-")}
+
+
 def manifest(spec: LaunchSpec, url: str, config: Config, *, image: str,
              secret: str = "vlmd-token", secret_key: str = "token",
              gpus_per_shard: int = 1) -> dict[str, Any]:
@@ -38,8 +62,7 @@ def manifest(spec: LaunchSpec, url: str, config: Config, *, image: str,
     args = replace(spec, shards=1).agent_args(url, 0, config)
     if spec.shards > 1:
         args += ["--shard", f"$({INDEX_ENV})/{spec.shards}"]  # expanded by the kubelet
-    labels = {"app.kubernetes.io/name": "vlmd-agent", "app.kubernetes.io/part-of": "vlmd",
-              "vlmd/run": job_name(spec.run).removeprefix("vlmd-")}
+    labels = _labels(spec.run)
     gpus = {GPU_RESOURCE: gpus_per_shard}
     container: dict[str, Any] = {
         "name": "agent", "image": image, "command": ["vlmd-agent"], "args": args,

@@ -23,6 +23,7 @@ import trio
 
 import vlmd_agent.wire as wire
 from vlmd.config import Config
+from vlmd.tokens import Tokens
 
 log = logging.getLogger("vlmd.launch.launcher")
 
@@ -122,8 +123,8 @@ class LocalLauncher:
 
     kind = "local"
 
-    def __init__(self, config: Config, url: str, token: str, append: Append) -> None:
-        self.config, self.url, self.token, self.append = config, url, token, append
+    def __init__(self, config: Config, url: str, tokens: Tokens, append: Append) -> None:
+        self.config, self.url, self.tokens, self.append = config, url, tokens, append
         self.logs = config.state_dir / "agents"
         self.procs: dict[tuple[str, int], trio.Process] = {}
         self.cancelled: set[str] = set()
@@ -207,7 +208,7 @@ class LocalLauncher:
 
     async def _run_agent(self, spec: LaunchSpec, shard: int) -> int:
         cmd = [sys.executable, "-m", "vlmd_agent", *spec.agent_args(self.url, shard, self.config)]
-        env = {**os.environ, "VLMD_TOKEN": self.token}
+        env = {**os.environ, "VLMD_TOKEN": self.tokens.mint(spec.run)}  # that run's only
         logfile = self.logs / f"{spec.run}-{shard}.log"
         with logfile.open("ab") as out:
             # a session of its own: a Ctrl-C meant for `vlmd run` (or `vlmd serve`) in a

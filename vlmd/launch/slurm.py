@@ -1,9 +1,10 @@
 """The Slurm launcher: a run's shards as one ``sbatch --array`` job, supervised through Slurm.
 
 Task ``i`` of the array runs ``vlmd-agent --shard i/N`` against vlmd's URL. The job script reads
-the run's token from an environment file with mode 0600 beside it (never the command line, which
-every user of a node can see). vlmd polls ``scontrol show job -o`` (no accounting needed) every
-``launcher.poll_s`` seconds and turns what Slurm says into events:
+the run's token (minted for that run: it writes that run's events only) from an environment file
+with mode 0600 beside it (never the command line, which every user of a node can see). vlmd
+polls ``scontrol show job -o`` (no accounting needed) every ``launcher.poll_s`` seconds and
+turns what Slurm says into events:
 
 - ``run.scheduled``: the job id and the shards it holds (also for each ``vlmd resume``);
 - ``scheduler.task``: each change of a task: PENDING with its reason, RUNNING on a node, its end
@@ -42,6 +43,7 @@ from vlmd.launch.slurm_job import (
     write_job,
 )
 from vlmd.store.log import Event
+from vlmd.tokens import Tokens
 from vlmd_agent import wire
 
 log = logging.getLogger("vlmd.launch.slurm")
@@ -73,8 +75,8 @@ class SlurmLauncher:
 
     kind = "slurm"
 
-    def __init__(self, config: Config, url: str, token: str, append: Append) -> None:
-        self.config, self.url, self.token, self.append = config, url, token, append
+    def __init__(self, config: Config, url: str, tokens: Tokens, append: Append) -> None:
+        self.config, self.url, self.tokens, self.append = config, url, tokens, append
         self.job_dir = Path(config.launcher.job_dir or config.state_dir / "slurm").resolve()
         self.tasks: dict[tuple[str, int], Task] = {}
         self.cancelled: set[str] = set()
@@ -144,8 +146,8 @@ class SlurmLauncher:
         """Write the job files, ``sbatch`` the array of `shards`; returns the job id."""
         folder = self.job_dir / spec.run
         url = self.config.launcher.agent_url.rstrip("/") or self.url
-        script = await trio.to_thread.run_sync(write_job, spec, url, self.token, self.config,
-                                               folder)
+        script = await trio.to_thread.run_sync(write_job, spec, url, self.tokens.mint(spec.run),
+                                               self.config, folder)
         out = await slurm("sbatch", "--parsable", f"--array={array_spec(shards)}",
                           f"--output={folder}/%A_%a.log", f"--chdir={folder}", str(script))
         job = out.strip().split(";")[0]

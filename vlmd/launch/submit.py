@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,21 @@ def parse(body: Any) -> LaunchSpec:
                       serving=serving, **evaluation, preflight=check,
                       fail_after=numbers.get("fail_after"),
                       max_failed=None if max_failed is None else float(max_failed))
+
+
+def resubmission(run: str, body: Any) -> LaunchSpec:
+    """The spec of `run` as its ``run.submitted`` `body` records it, checked exactly as `parse`
+    checks a new submission (anyone who could write the log could have written that body).
+    Raises SubmitError naming the first bad field."""
+    if not isinstance(body, dict) or not isinstance(body.get("config") or {}, dict):
+        raise SubmitError("config: expected an object")
+    cfg = body.get("config") or {}
+    fields = {"model": body.get("model"), "dataset": body.get("dataset"),
+              "name": body.get("name"), "shards": body.get("shards"), "limit": cfg.get("limit"),
+              "max_new_tokens": cfg.get("max_new_tokens"), "device": cfg.get("device"),
+              "on_hang": cfg.get("on_hang"), **{k: cfg.get(k) for k in SERVING},
+              **{k: cfg.get(k) for k in EVALUATION_OPTIONS}}
+    return replace(parse({k: v for k, v in fields.items() if v is not None}), run=run)
 
 
 def serving_options(body: dict[str, Any], model: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +157,9 @@ class Live:
         self.liveness: Liveness | None = None
         self.started_at = time.time()
         self.write_error: str | None = None  # why the last append failed; None once one works
+        self.log_warning: str | None = None  # what is wrong with the log as vlmd found it
+        self.acked: Callable[[int], None] | None = None
+        """Told the last seq of every commit, before any writer hears of it (`LogLock.acked`)."""
         self._lock = trio.Lock()
         self._waiting: list[_Waiting] = []  # batches for the next group commit
         self._held: list[tuple[list[Event], Frames | None]] = []  # see `append`'s hold_feed
@@ -236,6 +239,8 @@ class Live:
             for w in group:
                 w.error = e
             return
+        if self.acked is not None:
+            self.acked(results[-1].last_seq)
         if self.write_error is not None:
             log.warning("writes work again (the log is at seq %d)", results[-1].last_seq)
             self.write_error = None

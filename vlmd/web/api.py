@@ -1,14 +1,13 @@
 """The HTTP and WebSocket API: `build_app` returns the Starlette app the daemon serves.
 
 Writes need ``Authorization: Bearer <token>``; reads are open (vlmd binds loopback by default)
-unless ``server.read_token`` puts them behind the same token (the dashboard's static files stay
-public; WebSockets may pass it as ``?token=``, as browsers cannot set their headers).
+unless ``server.read_token`` puts them behind the read token (the dashboard's static files stay
+public; WebSockets and links may pass it as ``?token=``). Who may do what: `vlmd.web.auth`.
 Every user mistake is a 4xx with a JSON ``{"error": ...}`` that says what is wrong.
 """
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from vlmd.config import ServerConfig
@@ -31,23 +30,18 @@ from vlmd.launch.launcher import Launcher, LaunchError, LaunchSpec
 from vlmd.live.state import Live, WriteRefused
 from vlmd.projections import answers
 from vlmd.projections.tracker import AmbiguousName, RunState
+from vlmd.tokens import Tokens
 from vlmd.web import bulk, images, replays
+from vlmd.web.auth import ApiError, Auth
 from vlmd.web.feeds import MAX_KINDS, MAX_SEQ, Feeds
 from vlmd.web.metrics import route as metrics_route
+from vlmd.web.origins import Origins, guard
 from vlmd.web.wsstream import WS_POLICY, WsHub, close_reason
 from vlmd_agent import wire
 
 UI_DIR = Path(__file__).parent / "ui"
 MAX_ERRORS_SHOWN = 20
 DRAIN_FACTOR = 4  # bodies up to this many times the cap are read (and dropped) before a 413
-
-
-class ApiError(Exception):
-    """A request vlmd refuses: the status and a message for the person who sent it."""
-
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -77,33 +71,12 @@ def _error(exc: ApiError) -> Response:
 class Api:
     """The request handlers, over one `Live` state."""
 
-    def __init__(self, live: Live, token: str, max_body: int, *, read_token: bool = False
-                 ) -> None:
+    def __init__(self, live: Live, auth: Auth, max_body: int) -> None:
         self.live = live
-        self.token = token.encode()
+        self.auth = auth
         self.max_body = max_body
-        self.read_token = read_token
         self.launcher: Launcher | None = None
         self.reader = bulk.Reader(live.log)
-
-    def authorize(self, conn: HTTPConnection, *, query: bool = False) -> None:
-        """Raise 401 unless `conn` carries the token (compared in constant time): in the
-        ``Authorization: Bearer`` header, or with `query` also as ``?token=`` (WebSockets)."""
-        header = conn.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        given = given.strip() if scheme.lower() == "bearer" else ""
-        if not given and query:
-            given = conn.query_params.get("token", "")
-        if not given:
-            raise ApiError(401, "missing token: send 'Authorization: Bearer <token>'"
-                           + (" or ?token=" if query else ""))
-        if not hmac.compare_digest(given.encode(), self.token):
-            raise ApiError(401, "wrong token")
-
-    def authorize_read(self, conn: HTTPConnection, *, query: bool = False) -> None:
-        """`authorize` when ``server.read_token`` is on; reads are open otherwise."""
-        if self.read_token:
-            self.authorize(conn, query=query)
 
     async def read_body(self, request: Request) -> bytes:
         """The body, at most `max_body` bytes (else 413).
@@ -149,7 +122,7 @@ class Api:
         return state
 
     async def post_events(self, request: Request) -> Response:
-        self.authorize(request)
+        grant = self.auth.authorize_events(request)
         raw = await self.read_body(request)
         try:
             batch = orjson.loads(raw)
@@ -163,12 +136,13 @@ class Api:
             raise ApiError(422, f"{errors[0]}{more}; nothing was appended", errors=[
                 {"index": e.index, "field": e.field, "message": e.message}
                 for e in errors[:MAX_ERRORS_SHOWN]])
+        self.auth.check_batch(grant, batch)
         done = await self.live.append(batch, hold_feed=True)
         return _FeedAfter(self.live, {"appended": len(done.events), "duplicates": done.duplicates,
                                       "last_seq": done.last_seq})
 
     async def submit_run(self, request: Request) -> Response:
-        self.authorize(request)
+        self.auth.authorize(request)
         if self.launcher is None:
             raise ApiError(503, "this vlmd has no launcher; start agents yourself")
         try:
@@ -193,7 +167,7 @@ class Api:
                       "shards": spec.shards, "head": self.live.head}, 201)
 
     async def cancel_run(self, request: Request) -> Response:
-        self.authorize(request)
+        self.auth.authorize(request)
         state = self.run_state(request.path_params["run"])
         if state.status in ("finished", "failed", "cancelled"):
             raise ApiError(409, f"run {state.run} is already {state.status}")
@@ -208,17 +182,20 @@ class Api:
 
     async def resume_run(self, request: Request) -> Response:
         """Start the shards of a run that did not finish again; they skip completed items."""
-        self.authorize(request)
+        self.auth.authorize(request)
         state = self.run_state(request.path_params["run"])
         if self.launcher is None:
             raise ApiError(503, "this vlmd has no launcher; start agents yourself")
-        log = self.live.log
-        submitted = await trio.to_thread.run_sync(
-            lambda: next(log.read(run=state.run, kinds=["run.submitted"], limit=1), None))
-        if submitted is None:
+        log, query = self.live.log, bulk.Query(0, self.live.head, state.run, ("run.submitted",))
+        submitted = await self.reader.run_sync(lambda: bulk.read_chunk(log, query, 1))
+        if not submitted:
             raise ApiError(409, f"run {state.run} was not submitted through vlmd; "
                                 "restart its agents where they ran")
-        spec = LaunchSpec.from_submitted(state.run, submitted.body)
+        try:  # checked as a new submission is: the log holds what any writer put there
+            spec = submit.resubmission(state.run, submitted[0].body)
+        except (submit.SubmitError, OSError, RuntimeError) as e:
+            raise ApiError(422, f"run {state.run}: its submission cannot be started again: "
+                                f"{e}") from None
         todo = [i for i in range(spec.shards)
                 if state.shards.get(f"{i}/{spec.shards}") != "finished"]
         if not todo:
@@ -308,13 +285,14 @@ class Api:
         ``ok`` is false while the log refuses writes, and ``write_error`` says why."""
         health = {"ok": self.live.write_error is None, "write_error": self.live.write_error}
         try:
-            self.authorize_read(request)
+            self.auth.authorize_read(request)
         except ApiError:
             return _json(health)
         return _json({**health, "last_seq": self.live.head,
                       "runs": len(self.live.tracker.runs),
                       "feed_clients": len(self.live.feed.subscribers),
                       "datasette_url": self.live.datasette_url,
+                      "log_warning": self.live.log_warning,
                       "uptime_s": time.time() - self.live.started_at})
 
     async def state_at(self, request: Request) -> Response:
@@ -351,21 +329,31 @@ def _guard(handler: Handler) -> Handler:
     return guarded
 
 
+def _read_run(api: Api, conn: HTTPConnection, run: str | None) -> str | None:
+    """The id of the run a read is about (`run` may be its name), for a run token's check."""
+    found = None if run is None or api.auth.reads_open else api.find(run)
+    return found.run if found is not None else run
+
+
 def _reads(api: Api, handler: Handler, *, query: bool = False) -> Handler:
-    """`handler` behind `Api.authorize_read`, guarded; `query` also takes ``?token=`` (for
-    links a browser follows without headers: answers.csv, item images)."""
+    """`handler` behind `Auth.authorize_read` (for the run in its path, if any), guarded;
+    `query` also takes ``?token=`` (links a browser follows without headers: answers.csv,
+    item images)."""
     async def checked(request: Request) -> Response:
-        api.authorize_read(request, query=query)
+        run = _read_run(api, request, request.path_params.get("run"))
+        api.auth.authorize_read(request, query=query, run=run)
         return await handler(request)
     return _guard(checked)
 
 
 def _ws_reads(api: Api, handler: WsHandler) -> WsHandler:
-    """A WebSocket `handler` behind `Api.authorize_read` (header or ``?token=``); a refused
-    client is accepted and closed with 1008 and the reason, which browsers can show."""
+    """A WebSocket `handler` behind `Auth.authorize_read` (header or ``?token=``; for the run
+    it asks for, if any); a refused client is accepted and closed with 1008 and the reason,
+    which browsers can show."""
     async def checked(ws: WebSocket) -> None:
         try:
-            api.authorize_read(ws, query=True)
+            run = _read_run(api, ws, ws.query_params.get("run") or None)
+            api.auth.authorize_read(ws, query=True, run=run)
         except ApiError as e:
             await ws.accept()
             await ws.close(WS_POLICY, close_reason(e.message))
@@ -374,12 +362,13 @@ def _ws_reads(api: Api, handler: WsHandler) -> WsHandler:
     return checked
 
 
-def build_app(live: Live, token: str, server: ServerConfig, *,
-              launcher: Launcher | None = None) -> Starlette:
-    """The Starlette app over `live`; writes need `token` (and reads too with
-    ``server.read_token``); the ``[server]`` limits apply; submitted runs are started by
+def build_app(live: Live, tokens: Tokens, server: ServerConfig, *,
+              launcher: Launcher | None = None, origins: Origins | None = None) -> ASGIApp:
+    """The app over `live`; who may do what is `tokens`' (`vlmd.web.auth`); requests for
+    other host names or from other origins than `origins` allows are refused
+    (`vlmd.web.origins`); the ``[server]`` limits apply; submitted runs are started by
     `launcher` (without one, submissions are refused)."""
-    api = Api(live, token, int(server.max_body_mb * 1024 * 1024), read_token=server.read_token)
+    api = Api(live, Auth(tokens), int(server.max_body_mb * 1024 * 1024))
     api.launcher = launcher
     feeds = Feeds(live, WsHub(server.max_ws_clients), api.reader)
     routes = [
@@ -404,4 +393,4 @@ def build_app(live: Live, token: str, server: ServerConfig, *,
         WebSocketRoute("/api/state", _ws_reads(api, feeds.state)),
         Mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui"),
     ]
-    return Starlette(routes=routes)
+    return guard(Starlette(routes=routes), origins or Origins())
