@@ -116,7 +116,8 @@ async def test_the_read_token_may_not_be_the_write_token(
         config.resolve_read_token()
     monkeypatch.delenv("VLMD_READ_TOKEN")
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-    made = config.resolve_read_token()
+    assert config.resolve_read_token() == ""  # a client makes none
+    made = config.resolve_read_token(create=True)
     assert made and made != TOKEN
     assert (tmp_path / "vlmd.read-token").stat().st_mode & 0o777 == 0o600
     assert config.replace(server={"read_token": False}).resolve_read_token() is None

@@ -164,6 +164,9 @@ def cmd_token(args: argparse.Namespace, config: Config) -> int:
         read = config.resolve_read_token()
         if read is None:
             raise CliError("reads need no token: server.read_token is off")
+        if not read:
+            raise CliError("no read token yet: vlmd serve makes one (vlmd.read-token in its "
+                           "state directory) when it starts with server.read_token on")
         print(read)
         return 0
     if not wire.RUN_RE.fullmatch(args.run):
