@@ -87,3 +87,27 @@ def test_a_concurrent_run_whose_wrapper_is_killed_resumes_each_item_exactly_once
     kinds = Counter(e["kind"] for e in events)
     assert kinds["item.completed"] == 48 and kinds["alert.wrapper_died"] == 1
     assert kinds["run.started"] == 2  # the wrapper started again, after the items vlmd held
+
+
+def test_the_api_key_reaches_the_server_and_nothing_vlmd_writes(tmp_path: Path,
+                                                                 dataset: Path) -> None:
+    key = "sk-live-0123456789abcdef"
+    home = tmp_path / "home"
+    d = start_daemon(tmp_path / "v.db", env={"MY_ENGINE_KEY": key, "VLMD_HOME": str(home)})
+    try:
+        with serving() as url:
+            run = httpx.post(f"{d.url}/api/runs", headers={"authorization": f"Bearer {d.token}"},
+                             json={"model": f"openai:stream?first_ms=5&gap_ms=1&tokens=2@{url}",
+                                   "dataset": str(dataset), "limit": 6, "concurrency": 3,
+                                   "api_key_env": "MY_ENGINE_KEY"}).json()["run"]
+            final = wait_for(d, run, "finished", timeout=60)
+            truth = httpx.get(f"{url}/truth").json()
+    finally:
+        d.stop()
+    assert final["done"] == 6
+    assert {t["auth"] for t in truth} == {f"Bearer {key}"}
+    # the log, its WAL, the agents' logs and spools, the daemon's output: none holds the key
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".log") for p in written) and any("spool" in str(p)
+                                                                  for p in written)
+    assert [p for p in written if key.encode() in p.read_bytes()] == []
