@@ -276,3 +276,6 @@ def test_real_transformers_serve_streams_a_demo_model(served_demo: tuple[str, Pa
         assert g.tokens_source == "usage"
         assert g.input_tokens is not None and g.input_tokens > 16  # 16 image tokens + prompt
     assert gen.ttft_ms is not None and first.ttft_ms is not None and gen.ttft_ms < first.ttft_ms
+    # a real server keeps the connection alive: both streams, read to their end, used one
+    assert isinstance(backend, OpenAIBackend) and backend.pool.opened == 1
+    assert gen.timing_source in ("kernel", "user") and gen.request_start is not None

@@ -38,7 +38,8 @@ def test_the_runs_energy_is_its_model_gpus_rise_per_correct_answer() -> None:
            samples("h", T0 + 10, [(1100.0, 60.0), (1150.0, 61.0), (1250.0, 70.0)], model=[0]),
            completed("r", 1, score=1.0), completed("r", 2, score=1.0),
            completed("r", 3, score=0.0), completed("r", 4, score=0.5),
-           samples("h", T0 + 11.5, [(1400.0, 80.0)], model=[0]), finished("r"),
+           samples("h", T0 + 11.5, [(1400.0, 80.0)], model=[0]),
+           {**finished("r"), "ts": T0 + 11.5},
            samples("h", T0 + 12, [(1900.0, 90.0)], model=[0])]  # after the end: not counted
     row = fold(run)
     assert row["energy_j"] == pytest.approx(300.0)  # GPU 0 only, 1100 -> 1400
