@@ -71,8 +71,9 @@ def start_daemon(db: Path, *, port: int = 0, extra: list[str] | None = None,
     its config file (which always turns Datasette off)."""
     stderr_path = db.with_suffix(f".{time.monotonic_ns()}.stderr")
     err = stderr_path.open("w")
+    # -P: as the `vlmd` console script, nothing from the working folder goes on sys.path
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vlmd", "serve", "--db", str(db), "--port", str(port),
+        [sys.executable, "-P", "-m", "vlmd", "serve", "--db", str(db), "--port", str(port),
          "--config", str(_config_file(db.parent, toml)), *(extra or [])],
         stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=db.parent,
         env={**os.environ, "VLMD_TOKEN": TOKEN, **(env or {})})

@@ -1,4 +1,5 @@
-"""scripts/vlmd.service passes `systemd-analyze verify` and asks for what the daemon provides."""
+"""scripts/vlmd.service passes `systemd-analyze verify`, asks for what the daemon provides, and
+does what docs/RELIABILITY.md says about the agents when vlmd stops."""
 
 from __future__ import annotations
 
@@ -54,3 +55,16 @@ def test_the_unit_asks_for_notify_watchdog_restarts_state_and_the_gpu() -> None:
     watchdog = [line for line in lines if line.startswith("WatchdogSec=")]
     assert len(watchdog) == 1 and int(watchdog[0].split("=")[1]) > 0
     assert "PrivateDevices=yes" not in lines
+
+
+def test_the_unit_lets_agents_outlive_vlmd_as_reliability_md_says() -> None:
+    """Agents outlive vlmd (their spools deliver to the next one): systemd must signal vlmd's
+    own process only when it stops, restarts or replaces it; mixed or control-group would
+    SIGKILL the agents in vlmd's cgroup at every restart."""
+    kill_modes = [line.strip() for line in UNIT.read_text().splitlines()
+                  if line.strip().startswith("KillMode=")]
+    assert kill_modes == ["KillMode=process"]
+    reliability = (UNIT.parent.parent / "docs" / "RELIABILITY.md").read_text()
+    section = reliability.split("### Under systemd", 1)[1].split("\n#", 1)[0]
+    assert "Agents outlive vlmd" in section and "`KillMode=process`" in section
+    assert "KillMode=mixed" not in UNIT.read_text()

@@ -245,6 +245,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run id or name")
     p.add_argument("--format", choices=export.FORMATS, default="csv", help="(default: csv)")
     p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    p.add_argument("--no-escape", action="store_true",
+                   help="CSV: write cells that begin with = + - @ tab or CR as they are (by "
+                        "default they get a leading ' so spreadsheets do not run them)")
     _db_arg(p, "log file to read")
 
 
@@ -258,7 +261,8 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     event_log = _log_file(args, config)
     buf = io.BytesIO()
     try:
-        n = export.write(export.rows(event_log, _run_id(event_log, args.run)), args.format, buf)
+        n = export.write(export.rows(event_log, _run_id(event_log, args.run)), args.format, buf,
+                         escape=not args.no_escape)
     except export.ExportError as e:
         raise CliError(str(e)) from None
     if args.output:

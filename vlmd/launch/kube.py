@@ -71,6 +71,7 @@ def manifest(spec: LaunchSpec, url: str, config: Config, *, image: str,
              "valueFrom": {"secretKeyRef": {"name": secret, "key": secret_key}}},
             {"name": INDEX_ENV, "valueFrom": {"fieldRef": {"fieldPath": INDEX_ANNOTATION}}},
             {"name": "VLMD_HOME", "value": "/tmp/vlmd"},
+            {"name": "PYTHONSAFEPATH", "value": "1"},  # as -P, for the agent and its wrapper
         ],
         "resources": {"requests": gpus, "limits": gpus} if gpus_per_shard else {},
     }

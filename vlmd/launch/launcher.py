@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -100,6 +100,27 @@ class LaunchSpec:
             if (value := getattr(self, name)) is not None:
                 args += [f"--{name.replace('_', '-')}", value]
         return args
+
+
+AGENT_PYTHON_FLAGS = ("-P",)
+"""Python's "safe path": neither the working directory nor the script's folder goes first on
+``sys.path``, so no ``httpx.py`` or ``sitecustomize.py`` lying there runs in the agent."""
+
+
+def agent_env(base: Mapping[str, str], token: str) -> dict[str, str]:
+    """The environment of an agent vlmd starts: `base` (vlmd's) with the run's `token`,
+    ``PYTHONSAFEPATH`` set (as ``-P``: for the wrapper the agent starts too) and only the
+    absolute entries of ``PYTHONPATH`` (a relative or empty one names the working directory).
+    Absolute entries stay: the operator chose them (tests use one to load a ``sitecustomize``
+    into agents on purpose)."""
+    env = {**base, "VLMD_TOKEN": token, "PYTHONSAFEPATH": "1"}
+    if "PYTHONPATH" in env:
+        kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if os.path.isabs(p)]
+        if kept:
+            env["PYTHONPATH"] = os.pathsep.join(kept)
+        else:
+            del env["PYTHONPATH"]
+    return env
 
 
 class Launcher(Protocol):
@@ -207,14 +228,16 @@ class LocalLauncher:
             await trio.sleep(RESTART_DELAY_S)
 
     async def _run_agent(self, spec: LaunchSpec, shard: int) -> int:
-        cmd = [sys.executable, "-m", "vlmd_agent", *spec.agent_args(self.url, shard, self.config)]
-        env = {**os.environ, "VLMD_TOKEN": self.tokens.mint(spec.run)}  # that run's only
+        cmd = [sys.executable, *AGENT_PYTHON_FLAGS, "-m", "vlmd_agent",
+               *spec.agent_args(self.url, shard, self.config)]
+        env = agent_env(os.environ, self.tokens.mint(spec.run))  # that run's token only
         logfile = self.logs / f"{spec.run}-{shard}.log"
         with logfile.open("ab") as out:
             # a session of its own: a Ctrl-C meant for `vlmd run` (or `vlmd serve`) in a
-            # terminal does not reach the agents, which go on
+            # terminal does not reach the agents, which go on. Its working directory is
+            # vlmd's own agents folder, not wherever vlmd was started (next to a dataset).
             proc = await trio.lowlevel.open_process(cmd, env=env, stdout=out, stderr=out,
-                                                    stdin=subprocess.DEVNULL,
+                                                    stdin=subprocess.DEVNULL, cwd=self.logs,
                                                     start_new_session=True)
         self.procs[(spec.run, shard)] = proc
         log.info("run %s: agent for shard %d/%d started (pid %d, log %s)", spec.run, shard,

@@ -116,14 +116,15 @@ def sbatch_options(config: Config) -> list[str]:
 def job_script(spec: LaunchSpec, url: str, config: Config, folder: Path) -> str:
     """The batch script of a run: task ``$SLURM_ARRAY_TASK_ID`` runs that shard's agent."""
     c = config.launcher
-    agent = c.agent or f"{shlex.quote(sys.executable)} -m vlmd_agent"
+    agent = c.agent or f"{shlex.quote(sys.executable)} -P -m vlmd_agent"
     args = " ".join(map(shlex.quote, replace(spec, shards=1).agent_args(url, 0, config)))
     shard = f' --shard "$SLURM_ARRAY_TASK_ID/{spec.shards}"' if spec.shards > 1 else ""
     lines = ["#!/bin/bash", f"#SBATCH --job-name=vlmd-{spec.run}",
              *(f"#SBATCH {o}" for o in sbatch_options(config)),
              f"# vlmd run {spec.run}: array task i runs shard i/{spec.shards}. Written by vlmd;",
              "# resubmit failed shards with `vlmd resume RUN`, not by hand.",
-             f"set -a; . {shlex.quote(str(folder / ENV_FILE))}; set +a"]
+             f"set -a; . {shlex.quote(str(folder / ENV_FILE))}; set +a",
+             "export PYTHONSAFEPATH=1  # no Python of the job puts its working folder first"]
     if c.setup:
         lines += ["{", c.setup, f"}} || {{ echo 'vlmd job: the set-up command failed' >&2; "
                                 f"exit {SETUP_FAILED_EXIT}; }}"]

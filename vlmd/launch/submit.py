@@ -52,6 +52,9 @@ def parse(body: Any) -> LaunchSpec:
     model = body.get("model")
     if not isinstance(model, str) or not MODEL_RE.fullmatch(model):
         raise SubmitError("model: expected openai:NAME@BASE_URL, hf:PATH or demo:NAME")
+    if model.startswith("hf:") and not Path(model[3:]).is_absolute() and Path(model[3:]).exists():
+        # the agents run in vlmd's own folder: a path relative to here is made absolute
+        model = "hf:" + str(Path(model[3:]).resolve())
     dataset = body.get("dataset")
     if not isinstance(dataset, str) or not dataset or "\0" in dataset:
         raise SubmitError("dataset: expected the path of a dataset file or folder")

@@ -4,6 +4,11 @@ Which event an item's row comes from is the tracker's item-outcome rule
 (`vlmd.projections.tracker.supersedes`): the latest completion, else the latest failure. Rows
 are in the order each item first appeared. The dashboard is served the same rows (`served`),
 with the seq of their event and their outcome class.
+
+In the CSV, a text cell that a spreadsheet would run as a formula (beginning with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return; datasets and model output can hold any of these) is
+prefixed with ``'``, as OWASP recommends against CSV injection; numbers are left alone. With
+``escape=False`` every cell is written as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from vlmd.store.log import Event
 from vlmd_agent import catalog
 
 COLUMNS = catalog.ANSWER_COLUMNS  # declared, with meanings and units, in the event catalog
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 ITEM_KINDS = ("item.completed", "item.failed")
 CORRECT_AT = 0.5  # a score from here up is a correct answer (the dashboard's filter)
 Row = dict[str, Any]
@@ -93,21 +99,29 @@ def fold(events: Iterable[Event]) -> dict[str, Row]:
     return {item: row_of(event) for item, event in latest(events).items()}
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, escape: bool) -> str:
     if value is None:
         return ""
     if isinstance(value, list | dict):
         return orjson.dumps(value).decode()
+    if escape and isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return str(value)
 
 
-def csv_chunks(rows: Iterable[Row], chunk_rows: int = 500) -> Iterator[str]:
-    """The CSV text (header first) in chunks of `chunk_rows` rows, for a streamed response."""
+def csv_chunks(rows: Iterable[Row], chunk_rows: int = 500, *, escape: bool = True
+               ) -> Iterator[str]:
+    """The CSV text (header first) in chunks of `chunk_rows` rows, for a streamed response;
+    text that would start a formula is escaped unless `escape` is False (module docstring)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    # csv quotes a cell holding a newline, not one holding a bare CR (not in the line
+    # terminator), which readers then take for a line's end: such a row is quoted whole
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(COLUMNS)
     for n, row in enumerate(rows, start=1):
-        writer.writerow([_cell(row.get(c)) for c in COLUMNS])
+        cells = [_cell(row.get(c), escape) for c in COLUMNS]
+        (quoted if any("\r" in cell for cell in cells) else writer).writerow(cells)
         if n % chunk_rows == 0:
             yield buf.getvalue()
             buf.seek(0)

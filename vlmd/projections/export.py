@@ -33,13 +33,16 @@ def rows(log: EventLog, run: str) -> list[answers.Row]:
     return list(answers.fold(log.read(run=run, kinds=answers.ITEM_KINDS)).values())
 
 
-def write(rows_: Iterable[answers.Row], fmt: str, out: BinaryIO) -> int:
-    """Write the rows to `out` in `fmt`; returns how many rows were written."""
+def write(rows_: Iterable[answers.Row], fmt: str, out: BinaryIO, *, escape: bool = True
+          ) -> int:
+    """Write the rows to `out` in `fmt`; returns how many rows were written. CSV cells that
+    would start a spreadsheet formula are escaped unless `escape` is False
+    (`vlmd.projections.answers`)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     listed = list(rows_)
     if fmt == "csv":
-        for chunk in answers.csv_chunks(listed):
+        for chunk in answers.csv_chunks(listed, escape=escape):
             out.write(chunk.encode())
     elif fmt == "jsonl":
         for row in listed:

@@ -77,6 +77,7 @@ class Api:
         self.max_body = max_body
         self.launcher: Launcher | None = None
         self.reader = bulk.Reader(live.log)
+        self.images = images.ImageIndexes()
 
     async def read_body(self, request: Request) -> bytes:
         """The body, at most `max_body` bytes (else 413).
@@ -225,14 +226,17 @@ class Api:
         n = request.query_params.get("n", "0")
         if not n.isdigit() or len(n) > 3:
             raise ApiError(400, f"n must be an image number from 0, not {n[:40]!r}")
-        log = self.live.log
-        submitted = await trio.to_thread.run_sync(
-            lambda: next(log.read(run=state.run, kinds=["run.submitted"], limit=1), None))
-        columns = LaunchSpec.from_submitted(state.run, submitted.body).columns if (
-            submitted is not None) else None
+        log, item = self.live.log, request.path_params["item"]
+        query = bulk.Query(0, self.live.head, state.run, ("run.submitted",))
+
+        def image() -> tuple[bytes, str]:  # the dataset is read once, when first asked
+            submitted = bulk.read_chunk(log, query, 1)
+            columns = (LaunchSpec.from_submitted(state.run, submitted[0].body).columns
+                       if submitted else None)
+            return self.images.item_image(state.dataset, item, int(n), columns)
+
         try:
-            data, mime = await trio.to_thread.run_sync(
-                images.item_image, state.dataset, request.path_params["item"], int(n), columns)
+            data, mime = await self.reader.run_sync(image)
         except images.ImageNotFound as e:
             raise ApiError(404, str(e)) from None
         return Response(data, media_type=mime, headers={"cache-control": "max-age=3600"})
@@ -247,14 +251,20 @@ class Api:
                       "items": [i for i, r in state.items.items() if r.ok in wanted]})
 
     async def answers_csv(self, request: Request) -> Response:
+        """The run's answers.csv; ``?escape=no`` leaves cells that would start a spreadsheet
+        formula as they are (by default they get a leading ``'``)."""
         state = self.run_state(request.path_params["run"])
+        escape = request.query_params.get("escape", "yes")
+        if escape not in ("yes", "no"):
+            raise ApiError(400, f"escape must be yes or no, not {escape[:40]!r}")
         log = self.live.log
 
         def rows() -> list[answers.Row]:
             return list(answers.fold(log.read(run=state.run, kinds=answers.ITEM_KINDS)).values())
 
         folded = await self.reader.run_sync(rows)
-        return StreamingResponse(answers.csv_chunks(folded), media_type="text/csv; charset=utf-8",
+        return StreamingResponse(answers.csv_chunks(folded, escape=escape == "yes"),
+                                 media_type="text/csv; charset=utf-8",
                                  headers={"content-disposition":
                                           f'attachment; filename="{state.run}-answers.csv"'})
 
@@ -382,7 +392,7 @@ def build_app(live: Live, tokens: Tokens, server: ServerConfig, *,
         Route("/api/runs/{run}/items", _reads(api, api.run_items), methods=["GET"]),
         Route("/api/runs/{run}/answers.csv", _reads(api, api.answers_csv, query=True),
               methods=["GET"]),
-        Route("/api/runs/{run}/items/{item}/image", _reads(api, api.item_image, query=True),
+        Route("/api/runs/{run}/items/{item:path}/image", _reads(api, api.item_image, query=True),
               methods=["GET"]),
         Route("/api/events", _reads(api, api.list_events), methods=["GET"]),
         Route("/healthz", _guard(api.healthz), methods=["GET"]),

@@ -195,8 +195,10 @@ class Watchdog:
         try:
             # Its own process group: a terminal's Ctrl-C reaches only the watchdog, which then
             # stops the wrapper in order.
+            # -P: the working directory does not go first on sys.path (a stray httpx.py there
+            # must not run inside the wrapper)
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "vlmd_agent.evaluate.wrapper", config.to_json()],
+                [sys.executable, "-P", "-m", "vlmd_agent.evaluate.wrapper", config.to_json()],
                 stdin=subprocess.DEVNULL, pass_fds=(write_fd,), env=env, process_group=0)
         except BaseException:
             os.close(read_fd)
