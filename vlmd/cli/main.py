@@ -20,8 +20,9 @@ import httpx
 import orjson
 import trio
 
-from vlmd.cli import client, offline
+from vlmd.cli import client
 from vlmd.cli import cluster as _cluster_commands  # noqa: F401  (they register themselves)
+from vlmd.cli import offline as _offline_commands  # noqa: F401  (they register themselves)
 from vlmd.cli import run as _run_commands  # noqa: F401
 from vlmd.cli.base import COMMANDS, CliError, command, one_line, unwrapped
 from vlmd.cli.follow import StatusLine, status_line
@@ -84,31 +85,6 @@ async def _stop_on_signals(shutdown: trio.Event, scope: trio.CancelScope) -> Non
                 return
             logging.getLogger("vlmd").info("%s received", signal.Signals(signum).name)
             shutdown.set()
-
-
-def _fmt(value: Any, spec: str = ".0f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _runs_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", metavar="FILE",
-                   help="read this log file (default: ask the daemon, else read log.path)")
-
-
-@command("runs", _runs_args)
-def cmd_runs(args: argparse.Namespace, config: Config) -> int:
-    """List every run, oldest first; without a running daemon, from the log file.
-
-    Example:
-        vlmd runs
-    """
-    print(f"{'RUN':14} {'NAME':16} {'STATUS':22} {'DONE':>7} {'FAILED':>6} {'TOTAL':>7} "
-          f"{'ACC':>6}  MODEL")
-    for r in offline.listing(config, args.db):
-        print(f"{r['run']:14} {(r['name'] or '-')[:16]:16} {r['outcome'] or r['status']:22} "
-              f"{r['done']:7} {r['failed']:6} {_fmt(r['total'], 'd'):>7} "
-              f"{_fmt(r['accuracy'], '.3f'):>6}  {r['model'] or '-'}")
-    return 0
 
 
 def _log_file(args: argparse.Namespace, config: Config) -> EventLog:

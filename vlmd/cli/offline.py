@@ -1,16 +1,17 @@
-"""Reading runs without a daemon: the commands that show runs (`vlmd runs`, `vlmd report`) ask
-the daemon when one answers, else fold the log file themselves with the daemon's own fold, so
-they work after `scripts/demo --exit` or on a copy of an old log."""
+"""Reading runs without a daemon: the commands that show runs (`vlmd runs` here, `vlmd report`)
+ask the daemon when one answers, else fold the log file themselves with the daemon's own fold,
+so they work after `scripts/demo --exit` or on a copy of an old log."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from vlmd.cli.base import CliError
+from vlmd.cli.base import CliError, command
 from vlmd.cli.client import Client, answers
 from vlmd.config import Config
 from vlmd.live import replay
@@ -80,3 +81,28 @@ def _log_path(config: Config, db: str | None) -> str:
         return db
     print(f"vlmd: no daemon at {config.url}; reading the log {config.log.path}", file=sys.stderr)
     return config.log.path
+
+
+def _fmt(value: Any, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _runs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="FILE",
+                   help="read this log file (default: ask the daemon, else read log.path)")
+
+
+@command("runs", _runs_args)
+def cmd_runs(args: argparse.Namespace, config: Config) -> int:
+    """List every run, oldest first; without a running daemon, from the log file.
+
+    Example:
+        vlmd runs
+    """
+    print(f"{'RUN':14} {'NAME':16} {'STATUS':22} {'DONE':>7} {'FAILED':>6} {'TOTAL':>7} "
+          f"{'ACC':>6}  MODEL")
+    for r in listing(config, args.db):
+        print(f"{r['run']:14} {(r['name'] or '-')[:16]:16} {r['outcome'] or r['status']:22} "
+              f"{r['done']:7} {r['failed']:6} {_fmt(r['total'], 'd'):>7} "
+              f"{_fmt(r['accuracy'], '.3f'):>6}  {r['model'] or '-'}")
+    return 0
