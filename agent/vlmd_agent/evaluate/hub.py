@@ -144,7 +144,8 @@ def _fields(schema: schemas.Schema, row: Mapping[str, Any], where: Where, positi
 
     fields: dict[str, Any] = {name: pick(name) for name in (
         "question", "answer", "hint", "category", "l2_category", "split", "scorer")}
-    fields["id"] = pick("id") if pick("id") is not None else position
+    ident = pick("id")
+    fields["id"] = position if ident is None else ident
     fields["images"] = [image for c in schema.fields.get("images", ())
                         if row.get(c) is not None for image in _images(where, row[c], base)]
     raw = pick("choices")
