@@ -73,15 +73,6 @@ class Run:
             body["shard"] = shard
         return self.add("item.failed", body, gap=0.5)
 
-    def judged(self, item: str | int, reply: str, letter: str | None) -> Run:
-        """A judge read an answer the rules could not (``--judge``)."""
-        body: dict[str, Any] = {"item": item, "judge": "openai:judge@http://127.0.0.1:8001",
-                                "prompt": f"Which option does the answer to {item} mean?",
-                                "reply": reply}
-        if letter is not None:
-            body["letter"] = letter
-        return self.add("item.judged", body, gap=0.5)
-
     def end(self, kind: str, shard: str | None = None, reason: str | None = None) -> Run:
         body: dict[str, Any] = {}
         if shard:
@@ -138,8 +129,7 @@ def fails_then_completes(r: Run) -> None:
     r.submitted(total=3).started(3)
     r.fail(7, "oom").done("7", score=0.5, ttft=210.0)  # an integer id and its string are one
     r.fail("x", "oom").fail("x", "timeout", "again: no answer in 60 s")
-    r.done("y", score=0.0, ttft=50.0, answer="A").judged("y", "B", "B")
-    r.done("y", score=1.0, ttft=60.0)
+    r.done("y", score=0.0, ttft=50.0, answer="A").done("y", score=1.0, ttft=60.0)
     r.sample(16000.0, batch=3).end("finished")
 
 
