@@ -86,7 +86,7 @@ async def test_a_deflating_clients_backlog_is_compressed_off_the_trio_thread(
     async with open_ws(ws_url(daemon, after=0)) as ws:
         got = await frames(ws, 1501)
     assert [e["seq"] for e in got] == list(range(1, 1502))
-    assert on_trio_thread == [False, False]  # two backlog frames, each built in a thread
+    assert len(on_trio_thread) >= 2 and not any(on_trio_thread)  # each built in a thread
 
 
 async def test_without_after_only_new_events_arrive_and_run_filters(daemon: Daemon) -> None:

@@ -1,7 +1,9 @@
 """Bulk reads of the log: bounded, streamed, and only a few at a time.
 
 A read of many events (``GET /api/events``, a feed client's backlog, answers.csv) is cut into
-chunks of at most `CHUNK_EVENTS` events and about `CHUNK_BYTES` of JSON. Each chunk is read and
+chunks of at most `CHUNK_EVENTS` events and about `CHUNK_BYTES` of JSON (small enough that a
+client that takes nothing costs little, big enough that a client that takes everything gets it
+at disk speed). Each chunk is read and
 encoded in a worker thread over its own SQLite connection, which is closed before the chunk is
 sent: a client that reads slowly, or not at all, holds one chunk and no connection, and one that
 leaves holds nothing. At most `CONCURRENT` chunks are read at once, however many clients ask
@@ -12,7 +14,7 @@ of the GIL, nor fill the memory with many readers' chunks at once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,7 +25,7 @@ from vlmd.live.feed import Frame, encode
 from vlmd.store.log import Event, EventLog, dumps_events
 
 CHUNK_EVENTS = 1_000
-CHUNK_BYTES = 256 << 10
+CHUNK_BYTES = 64 << 10
 CONCURRENT = 2
 MAX_EVENTS = 100_000  # events in one GET /api/events answer
 MAX_BYTES = 16 << 20  # about this many bytes of JSON in one answer (it ends after the chunk)
@@ -80,7 +82,7 @@ class Reader:
         return await trio.to_thread.run_sync(fn, limiter=self.limiter)
 
     async def frames(self, query: Query, deflate: int = wsframes.PLAIN
-                     ) -> AsyncIterator[Frame]:
+                     ) -> AsyncGenerator[Frame, None]:
         """`query`'s events as feed frames, one chunk each, compressed ahead for a client
         that deflates with `deflate` window bits."""
         after = query.after

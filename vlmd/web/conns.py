@@ -15,7 +15,10 @@ than the send timeout, `abort_all` every connection (the graceful deadline, a se
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import struct
+import termios
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,23 +32,37 @@ from hypercorn.trio.tcp_server import TCPServer
 log = logging.getLogger("vlmd.web.conns")
 _ATTR = "vlmd_connections"  # where a hypercorn Config keeps its server's `Connections`
 WATCH_EVERY_S = 0.5
+ABORT_AT_ONCE = 50  # each closed connection wakes its tasks: spread many over a few sweeps
 
 
 class Connection:
-    """One client connection: `writing_since` is when its pending write began (None when
-    none is pending); `abort` closes its socket."""
+    """One client connection of a `Connections`: `writing_since` is when its pending write
+    began (None when none is pending); `abort` closes its socket."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, owner: Connections) -> None:
         self._server = server
+        self.owner = owner
         self.writing_since: float | None = None
         self.aborted = False
+
+    def _socket(self) -> Any:
+        stream = self._server.stream
+        return getattr(stream, "socket", None) or stream.transport_stream.socket
 
     def abort(self) -> None:
         """Close the socket now: a write blocked on it fails, the client is gone."""
         self.aborted = True
-        stream = self._server.stream
-        socket = getattr(stream, "socket", None) or stream.transport_stream.socket
-        socket.close()
+        self._socket().close()
+
+    def unsent(self) -> int:
+        """Bytes written to the socket that the client has not acknowledged yet (the kernel's
+        send queue; 0 where the system cannot tell). A client that stops reading lets them
+        grow up to the kernel's buffer, which grows to megabytes."""
+        try:
+            return int(struct.unpack("i", fcntl.ioctl(self._socket().fileno(), termios.TIOCOUTQ,
+                                                      b"\0\0\0\0"))[0])
+        except (OSError, ValueError):  # closed, or not a socket this system can ask
+            return 0
 
 
 _current: ContextVar[Connection | None] = ContextVar("vlmd_connection", default=None)
@@ -73,7 +90,7 @@ class Connections:
 
     async def serve(self, server: Any) -> None:
         """Run one hypercorn `TCPServer`, known here while it lives."""
-        conn = Connection(server)
+        conn = Connection(server, self)
         send = server.protocol_send
 
         async def protocol_send(event: Any) -> None:
@@ -102,7 +119,7 @@ class Connections:
             await trio.sleep(WATCH_EVERY_S)
             limit = trio.current_time() - self.send_timeout_s
             late = [c for c in self.open if c.writing_since is not None
-                    and c.writing_since < limit and not c.aborted]
+                    and c.writing_since < limit and not c.aborted][:ABORT_AT_ONCE]
             for conn in late:
                 conn.abort()
             if late:

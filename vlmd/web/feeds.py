@@ -10,6 +10,7 @@ reads at a time).
 from __future__ import annotations
 
 import math
+from contextlib import aclosing
 
 from starlette.websockets import WebSocket
 
@@ -70,9 +71,10 @@ class Feeds:
                 # duplicate at the seam, because the subscription only holds frames past it
                 if last < sub.head:
                     backlog = Query(last, sub.head, run, kinds_tuple(sub.kinds))
-                    async for frame in self.reader.frames(backlog, deflate):
-                        await session.send(frame.text)
-                        last = frame.last_seq
+                    async with aclosing(self.reader.frames(backlog, deflate)) as frames:
+                        async for frame in frames:
+                            await session.send(frame.text)
+                            last = frame.last_seq
                 await session.follow(sub, max(last, sub.head))
             finally:
                 live.feed.unsubscribe(sub)
