@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
+from vlmd.store import incoming
+from vlmd.store.log import Event
+from vlmd_agent import catalog
+
 T0 = 1_790_000_000.0
 
 
@@ -43,3 +49,33 @@ def failed(run: str, item: str | int, reason: str = "oom", attempt: int = 0) -> 
 
 def finished(run: str) -> dict[str, Any]:
     return ev(run, "run.finished", {}, key=f"{run}/finished")
+
+
+def stored(envelopes: list[dict[str, Any]], first: int = 1,
+           received: float | None = None) -> list[Event]:
+    """`envelopes` as the log would hand them back (seqs from `first`, bodies typed), without
+    a log: for folds tested on their own. An invalid envelope of a known kind is a ValueError;
+    one of a kind vlmd does not know gets the body the log gives it (`incoming.Unknown`)."""
+    events = []
+    for seq, e in enumerate(envelopes, first):
+        if catalog.body_type(e["kind"]) is None:
+            body_json = orjson.dumps(e["body"]).decode()
+            events.append(Event(seq, e["key"], e["run"], e["kind"], e["ts"],
+                                e["ts"] if received is None else received,
+                                incoming.body_of(e["kind"], body_json), body_json))
+            continue
+        typed = incoming.typed(e, now=float(e["ts"]))
+        events.append(Event(seq, typed.key, typed.run, typed.kind, typed.ts,
+                            typed.ts if received is None else received, typed.body,
+                            typed.body_json))
+    return events
+
+
+def body(event: Event) -> dict[str, Any]:
+    """A stored event's body as its producer sent it (a dict)."""
+    return dict(orjson.loads(event.body_json))
+
+
+def typed_body(kind: str, body: dict[str, Any]) -> catalog.Body:
+    """`body` checked and typed as a body of `kind` (a ValueError when it is not valid)."""
+    return incoming.typed({"key": "k", "run": "r", "kind": kind, "ts": T0, "body": body}).body

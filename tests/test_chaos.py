@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.events import typed_body
 from vlmd.live.liveness import STARTUP_GRACE_S, Liveness
 from vlmd.store.log import Event
 from vlmd_agent.evaluate import demo_data
@@ -80,9 +81,9 @@ def test_a_wrapper_outlives_the_thread_that_forked_it_but_not_its_watchdog(
 def test_agents_known_only_from_the_log_get_a_grace_period_after_a_restart() -> None:
     """While vlmd was down the agents' outboxes backed off (up to 5 s between tries): a deadline
     of three heartbeats from the start said alert.agent_lost of healthy agents."""
-    heartbeat = Event(1, "hb", "r1", "watchdog.heartbeat", 1.0, 1.0,
-                      {"host": "gpu-1", "pid": 7, "wrapper_pid": 8, "wrapper_state": "running"},
-                      "")
+    heartbeat = Event(1, "hb", "r1", "watchdog.heartbeat", 1.0, 1.0, typed_body(
+        "watchdog.heartbeat",
+        {"host": "gpu-1", "pid": 7, "wrapper_pid": 8, "wrapper_state": "running"}), "")
     book = Liveness(heartbeat_s=1.0)
     assert list(book.watch([heartbeat], now=100.0)) == [heartbeat]
     assert book.next_deadline() == 100.0 + 3.0 + STARTUP_GRACE_S

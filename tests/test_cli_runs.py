@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import TOKEN, DaemonProcess, start_daemon
+from tests.events import body
 from tests.test_cli_user_errors import vlmd
 from vlmd.live import replay
 from vlmd_agent.evaluate import demo_data
@@ -61,7 +62,7 @@ def answers(path: Path) -> list[dict[str, str]]:
 def events(db: Path, kind: str) -> list[dict[str, Any]]:
     log = replay.open_readonly(db)
     try:
-        return [{"run": e.run, **e.body} for e in log.read(kinds=[kind])]
+        return [{"run": e.run, **body(e)} for e in log.read(kinds=[kind])]
     finally:
         log.close()
 

@@ -7,14 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.events import completed, ev, failed, finished, started, submitted
+from tests.events import completed, ev, failed, finished, started, stored, submitted, typed_body
 from vlmd.projections import summary, tracker
-from vlmd.store.log import Event
-
-
-def stored(envelopes: list[dict[str, Any]]) -> list[Event]:
-    return [Event(seq, str(e["key"]), str(e["run"]), str(e["kind"]), float(e["ts"]),
-                  float(e["ts"]) + 0.5, e["body"], "{}") for seq, e in enumerate(envelopes, 1)]
 
 
 def fold(*envelopes: dict[str, Any], batched: bool = False) -> tracker.RunState:
@@ -70,8 +64,9 @@ def test_failures_are_counted_by_reason_and_message_commonest_first(batched: boo
 
 
 def test_an_item_error_reads_as_answers_csv_writes_it() -> None:
-    assert tracker.item_error({"reason": "oom", "message": "CUDA out of memory"}) == (
-        "oom: CUDA out of memory")
+    failed = typed_body("item.failed", {"item": "1", "reason": "oom",
+                                        "message": "CUDA out of memory"})
+    assert tracker.item_error(failed) == "oom: CUDA out of memory"  # type: ignore[arg-type]
 
 
 def test_the_phase_is_the_latest_word_of_a_shard_still_at_work() -> None:

@@ -22,6 +22,7 @@ from vlmd.live import wsframes
 from vlmd.live.feed import Feed, Frames, Subscription
 from vlmd.live.state import Live, WriteRefused
 from vlmd.projections import tracker
+from vlmd.store import incoming
 from vlmd.store.log import Event, EventLog
 from vlmd.web import api
 
@@ -161,8 +162,8 @@ async def test_a_commit_that_fails_after_the_work_ahead_leaves_the_state_as_the_
 async def test_a_write_that_fails_before_its_commit_refuses_the_batch(tmp_path: Path) -> None:
     live = Live(EventLog.open(tmp_path / "v.db"), Feed())
     await live.append([submitted("r1")])
-    bad = completed("r1", 1)
-    bad["run"] = None  # NOT NULL: the INSERT fails, no COMMIT is tried
+    # NOT NULL: the INSERT fails, no COMMIT is tried
+    bad = incoming.typed(completed("r1", 1))._replace(run=None)
     with pytest.raises(sqlite3.IntegrityError):
         await live.append([completed("r1", 2), bad])
     assert live.log.count() == 1 and live.head == 1

@@ -4,15 +4,15 @@ and subscribers that came or left in between are served or skipped."""
 
 from __future__ import annotations
 
-from tests.events import completed, ev, submitted
+from tests.events import completed, ev, stored, submitted
 from vlmd.live.feed import Feed, Frame, Subscription
 from vlmd.store.log import Event
 
 
 def events() -> list[Event]:
-    envs = [submitted("a"), completed("a", 1), completed("b", 1), ev("a", "alert.hang", {})]
-    return [Event(seq, e["key"], e["run"], e["kind"], e["ts"], e["ts"], e["body"], "{}")
-            for seq, e in enumerate(envs, 10)]
+    envs = [submitted("a"), completed("a", 1), completed("b", 1),
+            ev("a", "alert.hang", {"message": "no item for 120 s"})]
+    return stored(envs, first=10)
 
 
 def got(sub: Subscription) -> list[Frame]:

@@ -10,21 +10,18 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.events import completed, ev, failed, finished, started, submitted
+from tests.events import completed, ev, failed, finished, started, stored, submitted
 from vlmd.projections import tracker
-from vlmd.store.log import Event
 
 RUNS = st.sampled_from(["a", "b", "c"])
 ITEMS = st.integers(0, 5)
 
 
-def stored(envelopes: list[dict[str, Any]]) -> list[Event]:
-    return [Event(seq, str(e["key"]), str(e["run"]), str(e["kind"]), float(e["ts"]),
-                  float(e["ts"]) + 0.5, e["body"], "{}") for seq, e in enumerate(envelopes, 1)]
 
 
 def int_item(run: str, item: int, ok: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"item": item, "score": 0.5, "ttft_ms": 3.0}
+    body: dict[str, Any] = {"item": item, "ttft_ms": 3.0}
+    body.update({"answer": "B", "score": 0.5} if ok else {"reason": "timeout", "message": "slow"})
     return ev(run, "item.completed" if ok else "item.failed", body)
 
 
@@ -37,8 +34,10 @@ one_event = st.one_of(
     st.builds(submitted, RUNS),
     st.builds(finished, RUNS),
     st.builds(lambda run: ev(run, "alert.agent_lost", {"message": "gone"}), RUNS),
-    st.builds(lambda run: ev(run, "watchdog.heartbeat", {"host": "h", "pid": 1}), RUNS),
-    st.builds(lambda run: ev(run, "watchdog.sample", {"gpus": []}), RUNS),
+    st.builds(lambda run: ev(run, "watchdog.heartbeat", {
+        "host": "h", "pid": 1, "wrapper_pid": 2, "wrapper_state": "running"}), RUNS),
+    st.builds(lambda run: ev(run, "watchdog.sample", {
+        "host": "h", "t": 1.0, "gpus": [], "ram": {}}), RUNS),
     st.builds(lambda run: ev(run, "custom.thing", {}), RUNS),
 )
 
@@ -63,8 +62,9 @@ def test_outcomes_then_apply_many_equals_folding_one_at_a_time(
 
 def test_outcomes_change_nothing_and_an_agent_lost_between_items_stalls_only_till_the_next(
         ) -> None:
-    events = stored([started("a"), completed("a", 1), ev("a", "alert.agent_lost", {}),
-                     completed("a", 2), completed("b", 1), ev("b", "alert.agent_lost", {})])
+    lost = {"message": "gone"}
+    events = stored([started("a"), completed("a", 1), ev("a", "alert.agent_lost", lost),
+                     completed("a", 2), completed("b", 1), ev("b", "alert.agent_lost", lost)])
     state = tracker.fold(events[:1])
     before = repr(state)
     found = tracker.outcomes(events)

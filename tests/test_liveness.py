@@ -8,7 +8,7 @@ import httpx
 import trio
 
 from tests.conftest import TOKEN
-from tests.events import ev, finished, started, submitted
+from tests.events import ev, finished, started, submitted, typed_body
 from vlmd.daemon.serve import Daemon
 from vlmd.live.liveness import Liveness, watch
 from vlmd.store.log import Event
@@ -18,7 +18,8 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 def heartbeat(run: str = "r1", pid: int = 7, seq: int = 1, **extra: Any) -> Event:
     body = {"host": "gpu-1", "pid": pid, "wrapper_pid": 8, "wrapper_state": "running", **extra}
-    return Event(seq, f"hb{seq}", run, "watchdog.heartbeat", 100.0 + seq, 100.0, body, "")
+    return Event(seq, f"hb{seq}", run, "watchdog.heartbeat", 100.0 + seq, 100.0,
+                 typed_body("watchdog.heartbeat", body), "")
 
 
 def test_an_agent_is_lost_three_heartbeats_after_the_last_one_and_reported_once() -> None:
@@ -42,9 +43,11 @@ def test_a_finished_run_or_shard_forgets_its_agents() -> None:
     book = Liveness(heartbeat_s=1.0)
     book.observe([heartbeat(pid=1, seq=1, shard="0/2"), heartbeat(pid=2, seq=2, shard="1/2")],
                  now=0.0)
-    book.observe([Event(3, "f", "r1", "run.finished", 1.0, 1.0, {"shard": "0/2"}, "")], now=1.0)
+    book.observe([Event(3, "f", "r1", "run.finished", 1.0, 1.0,
+                        typed_body("run.finished", {"shard": "0/2"}), "")], now=1.0)
     assert [a.pid for a in book.agents.values()] == [2]
-    book.observe([Event(4, "c", "r1", "run.cancelled", 1.0, 1.0, {}, "")], now=1.0)
+    book.observe([Event(4, "c", "r1", "run.cancelled", 1.0, 1.0, typed_body("run.cancelled", {}),
+                        "")], now=1.0)
     assert book.agents == {}
     assert book.expired(100.0) == []
 
@@ -99,12 +102,13 @@ async def test_a_silent_agent_stalls_its_run_and_a_heartbeat_clears_it(daemon: D
 
 def test_heartbeats_after_a_shard_ended_do_not_arm_a_deadline_until_it_starts_again() -> None:
     book = Liveness(heartbeat_s=1.0)
-    book.observe([Event(1, "f", "r1", "run.finished", 1.0, 1.0, {"shard": "0/2"}, "")], now=0.0)
+    book.observe([Event(1, "f", "r1", "run.finished", 1.0, 1.0,
+                        typed_body("run.finished", {"shard": "0/2"}), "")], now=0.0)
     book.observe([heartbeat(seq=2, shard="0/2")], now=1.0)  # the agent flushing on its way out
     assert book.agents == {}
     book.observe([heartbeat(seq=3, shard="1/2")], now=1.0)
     assert [a.shard for a in book.agents.values()] == ["1/2"]
-    book.observe([Event(4, "s", "r1", "run.started", 2.0, 2.0,
-                        {"total": 3, "host": "h", "pid": 1, "shard": "0/2"}, "")], now=2.0)
+    book.observe([Event(4, "s", "r1", "run.started", 2.0, 2.0, typed_body(
+        "run.started", {"total": 3, "host": "h", "pid": 1, "shard": "0/2"}), "")], now=2.0)
     book.observe([heartbeat(pid=8, seq=5, shard="0/2")], now=2.0)  # resumed: watched again
     assert sorted(a.shard or "" for a in book.agents.values()) == ["0/2", "1/2"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.events import completed, ev, started, submitted
-from vlmd.store import migrations
+from vlmd.store import incoming, migrations
 from vlmd.store.log import EventLog
 from vlmd.store.migrations import MIGRATIONS
 
@@ -48,8 +48,9 @@ def test_update_and_delete_are_rejected_by_the_database_itself(tmp_path: Path) -
 
 def test_a_failing_batch_appends_nothing(tmp_path: Path) -> None:
     log = EventLog.open(tmp_path / "v.db")
-    bad = ev("r1", "item.completed", {"item": "1", "answer": "x"})
-    bad["run"] = None  # NOT NULL violation in the middle of the batch
+    # a NOT NULL violation in the middle of the batch
+    bad = incoming.typed(ev("r1", "item.completed", {"item": "1", "answer": "x"}))._replace(
+        run=None)
     with pytest.raises(sqlite3.IntegrityError):
         log.append([submitted("r1"), bad, completed("r1", 2)], received=1.0)
     assert log.count() == 0

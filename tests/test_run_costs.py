@@ -7,15 +7,13 @@ from typing import Any
 
 import pytest
 
-from tests.events import T0, completed, ev, finished, started, submitted
+from tests.events import T0, completed, ev, finished, started, stored, submitted
 from vlmd.cli.follow import report_table
 from vlmd.projections import summary, tracker
-from vlmd.store.log import Event
 
 
 def fold(events: list[dict[str, Any]]) -> dict[str, Any]:
-    folded = tracker.fold(Event(i, e["key"], e["run"], e["kind"], e["ts"], e["ts"], e["body"], "")
-                          for i, e in enumerate(events, 1))
+    folded = tracker.fold(stored(events))
     state = folded.runs["r"]
     return {**state.to_dict(), "summary": summary.summarize(state)}
 

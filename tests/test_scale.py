@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from tests.conftest import TOKEN
-from tests.events import completed, ev, started, submitted
+from tests.events import body, completed, ev, started, submitted
 from vlmd.cli.wsclient import Closed, open_ws
 from vlmd.daemon.serve import Daemon
 from vlmd.live.feed import Feed
@@ -37,9 +37,9 @@ def test_append_many_stores_a_key_once_across_batches_and_answers_each_batch(
     a, b, c = (log.append_many([[completed("r1", 1), completed("r1", 2)],
                                 [completed("r1", 2), completed("r1", 0)],
                                 [completed("r1", 3)]], received=2.0))
-    assert [(e.seq, e.body["item"]) for e in a.events] == [(2, "1"), (3, "2")]
+    assert [(e.seq, body(e)["item"]) for e in a.events] == [(2, "1"), (3, "2")]
     assert (b.events, b.duplicates) == ([], 2)
-    assert [(e.seq, e.body["item"]) for e in c.events] == [(4, "3")]
+    assert [(e.seq, body(e)["item"]) for e in c.events] == [(4, "3")]
     assert a.last_seq == b.last_seq == c.last_seq == log.last_seq == 4
     assert [e.key for e in log.read()] == [completed("r1", i)["key"] for i in range(4)]
 

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from tests.conftest import DaemonProcess, start_daemon
+from tests.events import typed_body
 from vlmd.config import Config, ConfigError
 from vlmd.launch.launcher import LaunchSpec
 from vlmd.launch.slurm import SlurmLauncher
@@ -116,7 +117,8 @@ def test_an_unknown_launcher_kind_stops_vlmd_serve_with_the_key_named(tmp_path: 
 
 
 def _event(seq: int, run: str, kind: str, body: dict[str, Any]) -> Event:
-    return Event(seq, f"k{seq}", run, kind, 1.0 + seq, 1.0 + seq, body, orjson.dumps(body).decode())
+    return Event(seq, f"k{seq}", run, kind, 1.0 + seq, 1.0 + seq, typed_body(kind, body),
+                 orjson.dumps(body).decode())
 
 
 def test_a_resubmission_makes_a_failed_run_live_until_its_shards_end() -> None:

@@ -10,20 +10,16 @@ import httpx
 import trio
 
 from tests.conftest import TOKEN, daemon_config
-from tests.events import completed, failed, finished, started, submitted
+from tests.events import completed, failed, finished, started, stored, submitted
 from vlmd.cli.wsclient import Closed, WsClient, open_ws
 from vlmd.daemon.serve import Daemon, serve
 from vlmd.live.states import SUMMARY_EVERY_S, SUMMARY_SHARE, Summaries
 from vlmd.projections import answers, tracker
-from vlmd.store.log import Event
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 WINDOWED = ("rate", "eta_s")  # depend on when they are read, not on the log alone
 
 
-def stored(envelopes: list[dict[str, Any]], first: int = 1) -> list[Event]:
-    return [Event(seq, e["key"], e["run"], e["kind"], e["ts"], e["ts"], e["body"], "{}")
-            for seq, e in enumerate(envelopes, first)]
 
 
 def state_url(d: Daemon, **query: Any) -> str:

@@ -5,17 +5,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.events import completed, ev, failed, finished, started, submitted
+from tests.events import completed, ev, failed, finished, started, stored, submitted
 from vlmd.projections import tracker
-from vlmd.store.log import Event
 
 RUNS = ["a", "b"]
 
 
-def stored(envelopes: list[dict[str, object]]) -> list[Event]:
-    return [Event(seq, str(e["key"]), str(e["run"]), str(e["kind"]), float(e["ts"]),  # type: ignore[arg-type]
-                  float(e["ts"]) + 0.5, e["body"], "{}")  # type: ignore[arg-type]
-            for seq, e in enumerate(envelopes, 1)]
 
 
 one_event = st.one_of(

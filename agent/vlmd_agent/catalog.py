@@ -280,6 +280,8 @@ class Heartbeat(Body, kw_only=True, frozen=True):
     wrapper_state: Annotated[Annotated[str, Meta(max_length=64)],
                              doc("loading, ready, running, ...")]
     shard: Annotated[Shard | None, doc("The agent's shard, i/n")] = None
+    heartbeat_s: Annotated[NonNegative | None, doc("Seconds between this agent's heartbeats "
+                                                   "(vlmd's default when absent)", "s")] = None
 
 
 class RunPhase(Body, kw_only=True, frozen=True):
@@ -341,6 +343,7 @@ class SchedulerTask(Body, kw_only=True, frozen=True):
     node: Annotated[Annotated[str, Meta(max_length=1024)] | None, doc("Where it runs")] = None
     exit_code: Annotated[Integer | None, doc("The task's exit status")] = None
     signal: Annotated[Integer | None, doc("The signal that ended it")] = None
+    restarts: Annotated[Count | None, doc("How often the scheduler restarted the task")] = None
 
 
 class Alert(Body, kw_only=True, frozen=True):
@@ -352,6 +355,10 @@ class Alert(Body, kw_only=True, frozen=True):
     signal: Annotated[Integer | None, doc("The signal that ended the process")] = None
     exit_code: Annotated[Integer | None, doc("The process's exit status")] = None
     shard: Annotated[Shard | None, doc("The agent's shard, i/n")] = None
+    host: Annotated[Host | None, doc("The agent's host, when the alert is about one agent")
+                    ] = None
+    pid: Annotated[Count | None, doc("The agent's process id, when the alert is about one")
+                   ] = None
 
 
 KINDS: dict[str, type[Body]] = {

@@ -134,11 +134,15 @@ def _one_of(choices: frozenset[str]) -> Check:
     return _fast(check, "type(v) is str and v in C", C=choices)
 
 
-def _shard(v: Any) -> str | None:
+def check_shard(v: Any) -> str | None:
+    """Why `v` is not a shard ``"i/n"`` with ``0 <= i < n``; None when it is one."""
     m = SHARD_RE.fullmatch(v) if type(v) is str else None
     if m is None or int(m[1]) >= int(m[2]):
         return "expected 'i/n' with 0 <= i < n"
     return None
+
+
+_shard = check_shard
 
 
 def _expected(v: Any) -> str | None:

@@ -24,6 +24,7 @@ import trio
 import vlmd_agent.wire as wire
 from vlmd.config import Config
 from vlmd.tokens import Tokens
+from vlmd_agent.catalog import RunSubmitted
 
 log = logging.getLogger("vlmd.launch.launcher")
 
@@ -64,14 +65,14 @@ class LaunchSpec:
     max_failed: float | None = None
 
     @classmethod
-    def from_submitted(cls, run: str, body: dict[str, Any]) -> LaunchSpec:
+    def from_submitted(cls, run: str, body: RunSubmitted) -> LaunchSpec:
         """The spec a ``run.submitted`` body recorded (to resubmit shards of an old run)."""
-        cfg = body.get("config") or {}
-        return cls(run=run, model=body["model"], dataset=body["dataset"],
-                   shards=body.get("shards") or 1, limit=cfg.get("limit"),
+        cfg = body.config or {}
+        return cls(run=run, model=body.model, dataset=body.dataset,
+                   shards=body.shards or 1, limit=cfg.get("limit"),
                    max_new_tokens=cfg.get("max_new_tokens") or 32,
                    device=cfg.get("device") or "auto", on_hang=cfg.get("on_hang") or "report",
-                   options={"name": body["name"]} if body.get("name") else {},
+                   options={"name": body.name} if body.name else {},
                    serving={k: cfg[k] for k in SERVING if cfg.get(k) is not None},
                    **{k: cfg.get(k) for k in EVALUATION_OPTIONS},
                    preflight=cfg.get("preflight", True) is not False,

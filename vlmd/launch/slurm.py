@@ -45,6 +45,7 @@ from vlmd.launch.slurm_job import (
 from vlmd.store.log import Event
 from vlmd.tokens import Tokens
 from vlmd_agent import wire
+from vlmd_agent.catalog import RunScheduled, SchedulerTask
 
 log = logging.getLogger("vlmd.launch.slurm")
 
@@ -87,15 +88,14 @@ class SlurmLauncher:
             b = e.body
             if e.kind == "run.cancelled":
                 self.cancelled.add(e.run)
-            elif e.kind == "run.scheduled" and b["scheduler"] == "slurm":
-                for i in b["shards"]:
-                    self.tasks[(b["job"], i)] = Task(e.run, b["job"], i, b["of"])
-            elif e.kind == "scheduler.task" and b["scheduler"] == "slurm":
-                job, _, index = b["job"].partition("_")
+            elif isinstance(b, RunScheduled) and b.scheduler == "slurm":
+                for i in b.shards:
+                    self.tasks[(b.job, i)] = Task(e.run, b.job, i, b.of)
+            elif isinstance(b, SchedulerTask) and b.scheduler == "slurm":
+                job, _, index = b.job.partition("_")
                 task = self.tasks.get((job, int(index or 0)))
                 if task is not None:
-                    task.fact = (b["state"], b.get("reason") or "", b.get("node") or "",
-                                 b.get("restarts") or 0)
+                    task.fact = (b.state, b.reason or "", b.node or "", b.restarts or 0)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:

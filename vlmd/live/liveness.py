@@ -18,6 +18,7 @@ import trio
 
 from vlmd.store.log import Event
 from vlmd_agent import wire
+from vlmd_agent.catalog import Alert, Heartbeat
 
 AgentKey = tuple[str, str, int]
 STARTUP_GRACE_S = 5.0  # an agent's outbox waits up to 5 s between tries while vlmd is down
@@ -54,24 +55,24 @@ class Liveness:
         for e in events:
             if e.kind not in OBSERVED:
                 continue  # most of a batch: items and samples
-            if e.kind == "watchdog.heartbeat":
-                b = e.body
-                if (e.run, None) in self.ended or (e.run, b.get("shard")) in self.ended:
+            b = e.body
+            if isinstance(b, Heartbeat):
+                if (e.run, None) in self.ended or (e.run, b.shard) in self.ended:
                     continue  # an agent flushing after its shard ended is leaving, not lost
-                key = (e.run, str(b["host"]), int(b["pid"]))
-                timeout = self.lost_after * float(b.get("heartbeat_s") or self.heartbeat_s)
-                self.agents[key] = Agent(e.run, key[1], key[2], b.get("shard"), e.ts, e.seq,
+                key = (e.run, b.host, b.pid)
+                timeout = self.lost_after * float(b.heartbeat_s or self.heartbeat_s)
+                self.agents[key] = Agent(e.run, key[1], key[2], b.shard, e.ts, e.seq,
                                          now + timeout, timeout)
             elif e.kind == "run.started":
-                self.ended -= {(e.run, None), (e.run, e.body.get("shard"))}
+                self.ended -= {(e.run, None), (e.run, getattr(b, "shard", None))}
             elif e.kind in ENDED:
-                shard = e.body.get("shard")
+                shard = getattr(b, "shard", None)
                 self.ended.add((e.run, shard))
                 for key in [k for k, a in self.agents.items()
                             if k[0] == e.run and (shard is None or a.shard == shard)]:
                     del self.agents[key]
-            elif e.kind == "alert.agent_lost":
-                key = (e.run, str(e.body.get("host")), int(e.body.get("pid") or 0))
+            elif isinstance(b, Alert) and e.kind == "alert.agent_lost":
+                key = (e.run, str(b.host), int(b.pid or 0))
                 if key in self.agents:
                     self.agents[key].lost = True
 

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from vlmd.live.liveness import Liveness
 from vlmd.live.states import States, Summaries
 from vlmd.projections import tracker
 from vlmd.projections.gpus import LatestGpus
+from vlmd.store.incoming import Incoming, all_typed
 from vlmd.store.log import Appended, Event, EventLog, Written
 
 log = logging.getLogger("vlmd")
@@ -102,8 +103,7 @@ class _Write:
     it starts the thread. Here the trio thread works while the COMMIT's fsync runs.
     """
 
-    def __init__(self, log: EventLog, batches: list[Sequence[dict[str, Any]]],
-                 received: float) -> None:
+    def __init__(self, log: EventLog, batches: list[list[Incoming]], received: float) -> None:
         self.written, self.finished = trio.Event(), trio.Event()
         self.pending: Written | None = None
         self.outcome: outcome.Outcome[Written] | None = None
@@ -134,7 +134,7 @@ class _Waiting:
     """One `Live.append` call in a group commit: its batch, whether its feed frames wait for
     `Live.release_feed`, then its outcome."""
 
-    events: Sequence[dict[str, Any]]
+    events: list[Incoming]
     hold_feed: bool = False
     done: Appended | None = None
     error: Exception | None = None
@@ -181,9 +181,11 @@ class Live:
             return tracker.fold(events)
         self.tracker = await trio.to_thread.run_sync(replay)
 
-    async def append(self, events: Sequence[dict[str, Any]], *,
+    async def append(self, events: Sequence[Incoming | Mapping[str, Any]], *,
                      hold_feed: bool = False) -> Appended:
-        """Append validated envelopes, then fold and publish what was stored.
+        """Append envelopes, then fold and publish what was stored. `Incoming` envelopes are
+        valid and typed (`vlmd.store.incoming.decode`); vlmd's own, built as mappings, are
+        checked and typed here (ValueError for an invalid one: a bug).
 
         `hold_feed`: keep the batch's feed frames until `release_feed` (or the next append
         without it), so that a POST's answer goes out before the WebSocket sends: its client
@@ -198,7 +200,7 @@ class Live:
         log. Raises WriteRefused when SQLite cannot write (disk full, I/O error): the batch is
         rolled back whole, `write_error` says why until an append works again.
         """
-        mine = _Waiting(events, hold_feed)
+        mine = _Waiting(all_typed(events), hold_feed)
         with trio.CancelScope(shield=True):
             self._waiting.append(mine)
             async with self._lock:

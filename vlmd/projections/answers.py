@@ -20,9 +20,10 @@ from typing import Any
 
 import orjson
 
-from vlmd.projections.tracker import supersedes
+from vlmd.projections.tracker import item_error, supersedes
 from vlmd.store.log import Event
 from vlmd_agent import catalog
+from vlmd_agent.catalog import ItemFailed
 
 COLUMNS = catalog.ANSWER_COLUMNS  # declared, with meanings and units, in the event catalog
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -34,11 +35,11 @@ Row = dict[str, Any]
 def row_of(event: Event) -> Row:
     """The answers.csv row that one item event stands for."""
     b = event.body
-    row: Row = {name: b.get(name) for name in COLUMNS}
-    row["run"], row["item"] = event.run, str(b["item"])
-    if event.kind == "item.failed":
+    row: Row = {name: getattr(b, name, None) for name in COLUMNS}
+    row["run"], row["item"] = event.run, str(getattr(b, "item", ""))
+    if isinstance(b, ItemFailed):
         row["answer"] = None
-        row["error"] = f"{b['reason']}: {b['message']}"
+        row["error"] = item_error(b)
     else:
         row["error"] = None
     return row
@@ -48,7 +49,7 @@ def outcome(event: Event) -> str:
     """The outcome class of an item event: correct, wrong, unscored or failed."""
     if event.kind == "item.failed":
         return "failed"
-    score = event.body.get("score")
+    score = getattr(event.body, "score", None)
     if score is None:
         return "unscored"
     return "correct" if score >= CORRECT_AT else "wrong"
@@ -66,7 +67,7 @@ def apply(rows: dict[str, Row], event: Event) -> dict[str, Row]:
     """Fold one item event into `rows` (item -> row) and return it."""
     if event.kind not in ITEM_KINDS:
         return rows
-    item = str(event.body["item"])
+    item = str(getattr(event.body, "item", ""))
     old = rows.get(item)
     if old is None or supersedes(old["error"] is None, event.kind == "item.completed"):
         rows[item] = row_of(event)
@@ -78,7 +79,7 @@ def keep(kept: dict[str, Event], event: Event) -> str | None:
     changed, else None."""
     if event.kind not in ITEM_KINDS:
         return None
-    item = str(event.body["item"])
+    item = str(getattr(event.body, "item", ""))
     old = kept.get(item)
     if old is None or supersedes(old.kind == "item.completed", event.kind == "item.completed"):
         kept[item] = event

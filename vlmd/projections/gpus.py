@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from vlmd.store.log import Event
+from vlmd_agent import catalog
+from vlmd_agent.catalog import WatchdogSample
 
 SAMPLE_COLUMNS = (
     "seq", "part", "run", "host", "t", "gpu", "gpu_name", "gpu_lost", "mem_used_mb",
@@ -21,22 +23,34 @@ _RAM_FIELDS = ("rss_mb", "host_used_mb", "host_total_mb", "cgroup_usage_mb", "cg
                "oom_kills")
 
 
-def samples_of(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The samples in a ``watchdog.sample`` body: the body itself, or its ``samples`` list."""
-    samples = body.get("samples")
-    return samples if isinstance(samples, list) else [body]
+class OneSample(NamedTuple):
+    """One sample of a ``watchdog.sample`` body: its time, GPUs (device dicts) and RAM."""
+
+    t: float | None
+    gpus: list[Any]
+    ram: dict[str, Any]
+
+
+def samples_of(body: catalog.Body) -> list[OneSample]:
+    """The samples in a ``watchdog.sample`` body: the inline one, or its ``samples`` list
+    (none for any other body)."""
+    if not isinstance(body, WatchdogSample):
+        return []
+    if body.samples is not None:
+        return [OneSample(s.t, s.gpus, s.ram) for s in body.samples]
+    return [OneSample(body.t, body.gpus or [], body.ram or {})]
 
 
 def sample_rows(event: Event) -> list[dict[str, Any]]:
     """One row per GPU per sample (one row with ``gpu`` None for a sample without GPUs): the
     Python twin of the ``samples`` view, with its `SAMPLE_COLUMNS`."""
     rows = []
-    host = event.body.get("host")
+    host = getattr(event.body, "host", None)
     for part, sample in enumerate(samples_of(event.body)):
-        ram = sample.get("ram") or {}
+        ram = sample.ram
         common = {"seq": event.seq, "part": part, "run": event.run, "host": host,
-                  "t": sample.get("t"), **{k: ram.get(k) for k in _RAM_FIELDS}}
-        for gpu in sample.get("gpus") or [None]:
+                  "t": sample.t, **{k: ram.get(k) for k in _RAM_FIELDS}}
+        for gpu in sample.gpus or [None]:
             g = gpu or {}
             rows.append({**common, "gpu": g.get("index"), "gpu_name": g.get("name"),
                          "gpu_lost": int(bool(g.get("lost"))),
@@ -51,10 +65,11 @@ SERVER_COLUMNS = ("seq", "part", "run", "host", "t", "engine", "kv_cache_usage",
 def server_rows(event: Event) -> list[dict[str, Any]]:
     """One row per read of the serving engine's /metrics in a ``watchdog.sample`` event (its
     ``server`` list): the Python twin of the ``server_samples`` view."""
-    scrapes = event.body.get("server")
-    if not isinstance(scrapes, list):
+    body = event.body
+    scrapes = body.server if isinstance(body, WatchdogSample) else None
+    if scrapes is None:
         return []
-    host = event.body.get("host")
+    host = getattr(body, "host", None)
     return [{"seq": event.seq, "part": part, "run": event.run, "host": host,
              **{c: s.get(c) for c in SERVER_COLUMNS[4:]}}
             for part, s in enumerate(scrapes) if isinstance(s, dict)]
@@ -70,12 +85,12 @@ class LatestGpus:
         """Fold one event (anything but a ``watchdog.sample`` is ignored)."""
         if event.kind != "watchdog.sample":
             return
-        host = str(event.body.get("host"))
+        host = str(getattr(event.body, "host", None))
         for sample in samples_of(event.body):
-            for gpu in sample.get("gpus") or ():
+            for gpu in sample.gpus:
                 if isinstance(gpu, dict) and isinstance(gpu.get("index"), int):
-                    self.devices[host, gpu["index"]] = (float(sample.get("t") or event.ts),
-                                                        event.run, gpu)
+                    self.devices[host, gpu["index"]] = (float(sample.t or event.ts), event.run,
+                                                        gpu)
 
     def watch(self, events: Iterable[Event]) -> Iterator[Event]:
         """Pass `events` through, folding each on the way (to ride along another fold)."""

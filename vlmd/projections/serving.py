@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlmd.projections.gpus import samples_of
+from vlmd_agent.catalog import WatchdogSample
 
 EARLY_KEEP = 8  # sample events kept while the run's start is not yet in the log
 
@@ -33,14 +34,14 @@ class RunCosts:
     energy_seen: bool = False  # some model GPU's counter rose between two samples
     kv_cache_peak: float | None = None
     last: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
-    early: list[dict[str, Any]] = field(default_factory=list)
+    early: list[WatchdogSample] = field(default_factory=list)
 
-    def apply(self, body: dict[str, Any], started_at: float | None,
+    def apply(self, body: WatchdogSample, started_at: float | None,
               ended_at: float | None = None) -> None:
         """Fold one ``watchdog.sample`` body of the run: the energy its samples show between
         `started_at` and `ended_at` (None: the run has not ended). A body logged before the
         run's start (agents send samples and items through different outboxes) waits for it."""
-        for scrape in body.get("server") or ():
+        for scrape in body.server or ():
             if not isinstance(scrape, dict) or (ended_at is not None
                                                 and (scrape.get("t") or 0) > ended_at):
                 continue
@@ -48,7 +49,7 @@ class RunCosts:
             if isinstance(usage, int | float) and (self.kv_cache_peak is None
                                                   or usage > self.kv_cache_peak):
                 self.kv_cache_peak = float(usage)
-        if not isinstance(body.get("model_gpus"), list):
+        if body.model_gpus is None:
             return
         if started_at is None:
             self.early = [*self.early, body][-EARLY_KEEP:]
@@ -57,15 +58,15 @@ class RunCosts:
         for b in [*early, body]:
             self._energy(b, started_at, ended_at)
 
-    def _energy(self, body: dict[str, Any], start: float, end: float | None) -> None:
+    def _energy(self, body: WatchdogSample, start: float, end: float | None) -> None:
         """Each model GPU's counter rise between its consecutive samples, the share of each
         interval that lies within [start, end] (linear in time)."""
-        wanted, host = set(body["model_gpus"]), str(body.get("host"))
+        wanted, host = set(body.model_gpus or ()), body.host
         for sample in samples_of(body):
-            t = sample.get("t")
-            if not isinstance(t, int | float):
+            t = sample.t
+            if t is None:
                 continue
-            for gpu in sample.get("gpus") or ():
+            for gpu in sample.gpus:
                 if not isinstance(gpu, dict) or gpu.get("index") not in wanted or gpu.get("lost"):
                     continue
                 value = gpu.get("energy_j")

@@ -14,10 +14,25 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
+
+import msgspec
 
 from vlmd.projections.serving import RunCosts
+from vlmd.store.incoming import Unknown
 from vlmd.store.log import Event
+from vlmd_agent import catalog
+from vlmd_agent.catalog import (
+    ItemCompleted,
+    ItemFailed,
+    RunCancelled,
+    RunFailed,
+    RunFinished,
+    RunScheduled,
+    RunStarted,
+    RunSubmitted,
+    WatchdogSample,
+)
 
 RATE_WINDOW_S = 60.0
 RATE_POINTS = 256
@@ -58,9 +73,9 @@ class AmbiguousName(LookupError):
                          "name one by its id")
 
 
-def item_error(body: dict[str, Any]) -> str:
+def item_error(body: ItemFailed) -> str:
     """A failed item's error as answers.csv and the run summary write it: ``reason: message``."""
-    return f"{body.get('reason')}: {body.get('message')}"
+    return f"{body.reason}: {body.message}"
 
 
 @dataclass
@@ -198,27 +213,27 @@ class Tracker:
 
 
 def _submitted(s: RunState, e: Event, t: Tracker) -> None:
-    b = e.body
-    s.model, s.dataset = b["model"], b["dataset"]
-    if b.get("total") is not None:  # an optional field sent as null is not there
-        s.submitted_total = b["total"]
+    b = cast(RunSubmitted, e.body)
+    s.model, s.dataset = b.model, b.dataset
+    if b.total is not None:  # an optional field sent as null is not there
+        s.submitted_total = b.total
     s.submitted_at = e.ts
-    if b.get("shards"):
-        s.shard_count = b["shards"]
-    if b.get("name"):
-        s.name = b["name"]
-        ids = t.names.setdefault(b["name"], [])
+    if b.shards:
+        s.shard_count = b.shards
+    if b.name:
+        s.name = b.name
+        ids = t.names.setdefault(b.name, [])
         if s.run not in ids:
             ids.append(s.run)
 
 
-def _shard(body: dict[str, Any]) -> str:
-    return str(body.get("shard") or "0/1")
+def _shard(body: catalog.Body) -> str:
+    return str(getattr(body, "shard", None) or "0/1")
 
 
 def _started(s: RunState, e: Event, t: Tracker) -> None:
     shard = _shard(e.body)
-    s.shard_totals[shard] = e.body["total"]
+    s.shard_totals[shard] = cast(RunStarted, e.body).total
     s.shards[shard] = "running"
     s.shard_count = int(shard.split("/")[1])
     s.ended = s.finished_at = None
@@ -228,11 +243,11 @@ def _started(s: RunState, e: Event, t: Tracker) -> None:
 
 
 def _item(s: RunState, e: Event, t: Tracker) -> None:
-    b = e.body
-    item = b["item"]
+    b = cast(ItemCompleted | ItemFailed, e.body)
+    item = b.item
     if type(item) is not str:
         item = str(item)
-    result = _result(e.kind == "item.completed", b)
+    result = _result(b)
     s.recent.append(e.ts)
     s.stalled = False
     s.item_seq = e.seq
@@ -269,22 +284,21 @@ def _replace(s: RunState, old: ItemResult, new: ItemResult) -> None:
     _first(s, new)
 
 
-def _result(ok: bool, body: dict[str, Any]) -> ItemResult:
+def _result(b: ItemCompleted | ItemFailed) -> ItemResult:
     """An item event's `ItemResult` (built without NamedTuple's slow ``__new__``)."""
-    get = body.get
-    if ok:
+    if type(b) is ItemCompleted:
         return tuple.__new__(ItemResult, (
-            True, get("score"), get("ttft_ms"), get("tpot_ms"), get("e2e_ms"),
-            get("vram_peak_delta_mb"), None, get("tokens_source"), get("vram_note")))
-    return tuple.__new__(ItemResult, (False, get("score"), get("ttft_ms"), get("tpot_ms"),
-                                      get("e2e_ms"), get("vram_peak_delta_mb"), item_error(body),
+            True, b.score, b.ttft_ms, b.tpot_ms, b.e2e_ms, b.vram_peak_delta_mb, None,
+            b.tokens_source, b.vram_note))
+    return tuple.__new__(ItemResult, (False, None, b.ttft_ms, b.tpot_ms, b.e2e_ms,
+                                      b.vram_peak_delta_mb, item_error(cast(ItemFailed, b)),
                                       None, None))
 
 
 def _phase(s: RunState, e: Event, t: Tracker) -> None:
     shard = _shard(e.body)
     s.phases.pop(shard, None)  # re-inserted last: the latest word is the one shown
-    s.phases[shard] = {**e.body, "shard": shard, "at": e.ts}
+    s.phases[shard] = {**msgspec.structs.asdict(e.body), "shard": shard, "at": e.ts}
 
 
 def _heartbeat(s: RunState, e: Event, t: Tracker) -> None:
@@ -301,9 +315,11 @@ def _alert(s: RunState, e: Event, t: Tracker) -> None:
 
 def _ended(s: RunState, e: Event, t: Tracker) -> None:
     status = e.kind.removeprefix("run.")
-    if e.body.get("shard") and status != "cancelled":
-        s.shards[str(e.body["shard"])] = status
-        s.phases.pop(str(e.body["shard"]), None)
+    b = cast(RunFinished | RunFailed | RunCancelled, e.body)
+    shard = getattr(b, "shard", None)
+    if shard and status != "cancelled":
+        s.shards[shard] = status
+        s.phases.pop(shard, None)
         if s.status in TERMINAL:
             s.finished_at = e.ts
     else:
@@ -313,24 +329,26 @@ def _ended(s: RunState, e: Event, t: Tracker) -> None:
         if status != "cancelled":
             s.shards = dict.fromkeys(s.shards, status)
     if status != "finished":
-        s.reason = e.body.get("reason") or s.reason
+        s.reason = getattr(b, "reason", None) or s.reason
 
 
 def _scheduled(s: RunState, e: Event, t: Tracker) -> None:
     """A scheduler queued shards (first submission or `vlmd resume`): they are live again, and
     so is the run. A cancelled run comes back only with a resume: a scheduling reported after
     the cancel (the job the cancel stopped) changes nothing."""
-    if s.ended == "cancelled" and not e.body.get("resume"):
+    b = cast(RunScheduled, e.body)
+    if s.ended == "cancelled" and not b.resume:
         return
-    n = e.body["of"]
+    n = b.of
     s.shard_count = n
-    for i in e.body["shards"]:
+    for i in b.shards:
         s.shards[f"{i}/{n}"] = "scheduled"
     s.ended = s.finished_at = None
 
 
 def _sample(s: RunState, e: Event, t: Tracker) -> None:
-    s.costs.apply(e.body, s.started_at, s.finished_at if s.status in TERMINAL else None)
+    s.costs.apply(cast(WatchdogSample, e.body), s.started_at,
+                  s.finished_at if s.status in TERMINAL else None)
 
 
 def _ignore(s: RunState, e: Event, t: Tracker) -> None:
@@ -351,6 +369,8 @@ def apply(tracker: Tracker, event: Event) -> Tracker:
     if state is None:
         state = tracker.runs[event.run] = RunState(event.run)
     handler = HANDLERS.get(event.kind) or (_alert if event.kind.startswith("alert.") else _ignore)
+    if type(event.body) is Unknown and handler is not _alert:
+        handler = _ignore  # a stored body this vlmd cannot read (`vlmd.store.incoming`)
     handler(state, event, tracker)
     if event.kind != "watchdog.sample":
         state.last_event_at = event.ts
@@ -370,18 +390,15 @@ def outcomes(events: Sequence[Event]) -> Outcomes:
     found: Outcomes = []
     add = found.append
     for event in events:
-        kind = event[3]
-        if kind == "item.completed":
-            body = event[6]
-            item = body["item"]
-            get = body.get
+        b = event[6]
+        if type(b) is ItemCompleted:
+            item = b.item
             add((item if type(item) is str else str(item), new(ItemResult, (  # no slow __new__
-                True, get("score"), get("ttft_ms"), get("tpot_ms"), get("e2e_ms"),
-                get("vram_peak_delta_mb"), None, get("tokens_source"), get("vram_note")))))
-        elif kind == "item.failed":
-            body = event[6]
-            item = body["item"]
-            add((item if type(item) is str else str(item), _result(False, body)))
+                True, b.score, b.ttft_ms, b.tpot_ms, b.e2e_ms, b.vram_peak_delta_mb, None,
+                b.tokens_source, b.vram_note))))
+        elif type(b) is ItemFailed:
+            item = b.item
+            add((item if type(item) is str else str(item), _result(b)))
         else:
             add(None)
     return found

@@ -9,23 +9,29 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
+from vlmd.store import incoming
+from vlmd.store.incoming import Incoming, body_of
 from vlmd.store.migrations import migrate
+from vlmd_agent import catalog
 
 READ_CHUNK = 2_000
 SYNCHRONOUS = ("off", "normal", "full")
+NOT_READ = incoming.Unknown()
+"""The body of an event read without ``typed`` (its JSON is in ``body_json``)."""
 
 
 class Event(NamedTuple):
     """A stored event: the producer's envelope plus ``seq`` (log order) and ``received``.
 
-    ``body_json`` is the body exactly as stored, so it can be re-sent without re-encoding.
+    ``body`` is typed (its kind's `vlmd_agent.catalog` struct); ``body_json`` is the body
+    exactly as stored, so it can be re-sent without re-encoding.
     """
 
     seq: int
@@ -34,7 +40,7 @@ class Event(NamedTuple):
     kind: str
     ts: float
     received: float
-    body: dict[str, Any]
+    body: catalog.Body
     body_json: str
 
     def to_json(self) -> bytes:
@@ -70,9 +76,9 @@ class Written:
 
     __slots__ = ("_appended", "_batches", "_first", "_picks", "_rows", "_seqs", "last_seq")
 
-    def __init__(self, batches: Sequence[Sequence[dict[str, Any]]],
+    def __init__(self, batches: Sequence[Sequence[Incoming]],
                  rows: list[tuple[str, str, str, float, float, str]],
-                 picks: list[list[tuple[dict[str, Any], int]]] | None, first: int,
+                 picks: list[list[tuple[Incoming, int]]] | None, first: int,
                  seqs: list[int | None] | None, last_seq: int) -> None:
         self._batches, self._rows, self._picks = batches, rows, picks
         self._first, self._seqs, self.last_seq = first, seqs, last_seq
@@ -88,7 +94,7 @@ class Written:
             start = 0
             for events in self._batches:
                 end = start + len(events)
-                kept = [new(Event, (q, k, r, c, ts, rc, e["body"], b))
+                kept = [new(Event, (q, k, r, c, ts, rc, e[4], b))
                         for q, (k, r, c, ts, rc, b), e
                         in zip(range(self._first + start, self._first + end),
                                rows[start:end], events, strict=True)]
@@ -104,7 +110,7 @@ class Written:
             if seqs is None:
                 seqs = list(range(self._first, self._first + len(rows)))
             for events, mine in zip(self._batches, picks, strict=True):
-                kept = [new(Event, (q, *rows[i][:5], e["body"], rows[i][5])) for e, i in mine
+                kept = [new(Event, (q, *rows[i][:5], e[4], rows[i][5])) for e, i in mine
                         if (q := seqs[i]) is not None]
                 done.append(Appended(kept, len(events) - len(kept), last))
         self._appended = done
@@ -161,24 +167,27 @@ class EventLog:
         """The seq of the newest committed event (0 for an empty log)."""
         return self._last_seq
 
-    def append(self, events: Sequence[dict[str, Any]], received: float) -> Appended:
-        """Append validated envelopes in one transaction; all or nothing.
+    def append(self, events: Sequence[Incoming | Mapping[str, Any]], received: float
+               ) -> Appended:
+        """Append envelopes in one transaction; all or nothing. Envelopes given as mappings
+        are checked and typed first (`incoming.typed`: ValueError for an invalid one).
 
         An event whose key is already in the log is a duplicate: it is counted, not stored.
         The batch must not repeat a key (`vlmd_agent.wire.validate` refuses that).
         """
         return self.append_many([events], received)[0]
 
-    def append_many(self, batches: Sequence[Sequence[dict[str, Any]]], received: float
-                    ) -> list[Appended]:
+    def append_many(self, batches: Sequence[Sequence[Incoming | Mapping[str, Any]]],
+                    received: float) -> list[Appended]:
         """Append several batches in one transaction (a group commit); all or nothing.
 
         Each batch gets its own `Appended`; a key that an earlier batch of the group carries
         is a duplicate in the later one, as if the batches had been appended one by one.
         """
-        return self.write(batches, received).appended()
+        return self.write([incoming.all_typed(events) for events in batches], received
+                          ).appended()
 
-    def write(self, batches: Sequence[Sequence[dict[str, Any]]], received: float,
+    def write(self, batches: Sequence[Sequence[Incoming]], received: float,
               before_commit: Callable[[Written], object] | None = None) -> Written:
         """`append_many`, returning the `Written` its answer comes from.
 
@@ -188,10 +197,8 @@ class EventLog:
         (fold, publish) before `write` returns: the COMMIT may still fail, and then nothing
         was appended. If `before_commit` raises, the transaction is rolled back.
         """
-        dumps = orjson.dumps
-        rows = [(e["key"], e["run"], e["kind"], float(e["ts"]), received,
-                 dumps(e["body"]).decode()) for events in batches for e in events]
-        picks: list[list[tuple[dict[str, Any], int]]] | None = None  # None: every row, in order
+        rows = [(e[0], e[1], e[2], e[3], received, e[5]) for events in batches for e in events]
+        picks: list[list[tuple[Incoming, int]]] | None = None  # None: every row, in order
         if len({row[0] for row in rows}) != len(rows):  # a later batch repeats a key
             seen: set[str] = set()
             unique: list[tuple[str, str, str, float, float, str]] = []
@@ -234,13 +241,15 @@ class EventLog:
         return written
 
     def read(self, *, after: int = 0, run: str | None = None, kinds: Iterable[str] | None = None,
-             limit: int | None = None, until: int | None = None
+             limit: int | None = None, until: int | None = None, typed: bool = True
              ) -> Generator[Event, None, None]:
         """Stream events with ``after < seq [<= until]`` in seq order, optionally filtered.
 
         `kinds` entries ending in ``.*`` match a prefix (``alert.*``). The stream reads in chunks
         over its own connection, so a long read neither blocks the writer nor holds a lock;
-        the connection is closed when the stream ends or is closed (``close()``).
+        the connection is closed when the stream ends or is closed (``close()``). Without
+        `typed`, bodies are left as their JSON (``body`` is `NOT_READ`): for readers that only
+        pass events on (the feed's backlog, ``GET /api/events``).
         """
         where: list[str] = ["seq > ?"]
         params: list[int | str] = []
@@ -267,7 +276,8 @@ class EventLog:
                 chunk = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
                 rows = conn.execute(sql, (after, *params, chunk)).fetchall()
                 for seq, key, run_, kind, ts, rec, body in rows:
-                    yield Event(seq, key, run_, kind, ts, rec, orjson.loads(body), body)
+                    yield Event(seq, key, run_, kind, ts, rec,
+                                body_of(kind, body) if typed else NOT_READ, body)
                 if len(rows) < chunk:
                     return
                 after = rows[-1][0]

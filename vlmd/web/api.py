@@ -30,6 +30,7 @@ from vlmd.launch.launcher import Launcher, LaunchError, LaunchSpec
 from vlmd.live.state import Live, WriteRefused
 from vlmd.projections import answers
 from vlmd.projections.tracker import AmbiguousName, RunState
+from vlmd.store import incoming
 from vlmd.tokens import Tokens
 from vlmd.web import bulk, images, replays
 from vlmd.web.auth import ApiError, Auth
@@ -38,6 +39,7 @@ from vlmd.web.metrics import route as metrics_route
 from vlmd.web.origins import Origins, guard
 from vlmd.web.wsstream import WS_POLICY, WsHub, close_reason
 from vlmd_agent import wire
+from vlmd_agent.catalog import RunSubmitted
 
 UI_DIR = Path(__file__).parent / "ui"
 MAX_ERRORS_SHOWN = 20
@@ -126,17 +128,15 @@ class Api:
         grant = self.auth.authorize_events(request)
         raw = await self.read_body(request)
         try:
-            batch = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise ApiError(400, f"body is not valid JSON: {e}") from None
-        if type(batch) is dict:
-            batch = [batch]
-        errors = wire.validate(batch)
-        if errors:
+            batch = incoming.decode(raw)
+        except incoming.Invalid as e:
+            if e.not_json is not None:
+                raise ApiError(400, e.not_json) from None
+            errors = e.errors
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise ApiError(422, f"{errors[0]}{more}; nothing was appended", errors=[
                 {"index": e.index, "field": e.field, "message": e.message}
-                for e in errors[:MAX_ERRORS_SHOWN]])
+                for e in errors[:MAX_ERRORS_SHOWN]]) from None
         self.auth.check_batch(grant, batch)
         done = await self.live.append(batch, hold_feed=True)
         return _FeedAfter(self.live, {"appended": len(done.events), "duplicates": done.duplicates,
@@ -193,7 +193,7 @@ class Api:
             raise ApiError(409, f"run {state.run} was not submitted through vlmd; "
                                 "restart its agents where they ran")
         try:  # checked as a new submission is: the log holds what any writer put there
-            spec = submit.resubmission(state.run, submitted[0].body)
+            spec = submit.resubmission(state.run, orjson.loads(submitted[0].body_json))
         except (submit.SubmitError, OSError, RuntimeError) as e:
             raise ApiError(422, f"run {state.run}: its submission cannot be started again: "
                                 f"{e}") from None
@@ -230,9 +230,9 @@ class Api:
         query = bulk.Query(0, self.live.head, state.run, ("run.submitted",))
 
         def image() -> tuple[bytes, str]:  # the dataset is read once, when first asked
-            submitted = bulk.read_chunk(log, query, 1)
+            submitted = bulk.read_chunk(log, query, 1, typed=True)
             columns = (LaunchSpec.from_submitted(state.run, submitted[0].body).columns
-                       if submitted else None)
+                       if submitted and isinstance(submitted[0].body, RunSubmitted) else None)
             return self.images.item_image(state.dataset, item, int(n), columns)
 
         try:

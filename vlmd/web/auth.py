@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from vlmd.store.incoming import Incoming
 from vlmd.tokens import VLMD_KINDS, Grant, Tokens
 
 BROWSER_HEADERS = ("sec-fetch-mode", "sec-fetch-site", "sec-fetch-dest")
@@ -82,17 +83,17 @@ class Auth:
             raise ApiError(403, "the read token cannot write")
         return grant
 
-    def check_batch(self, grant: Grant, batch: Sequence[dict[str, Any]]) -> None:
+    def check_batch(self, grant: Grant, batch: Sequence[Incoming]) -> None:
         """403 naming the first event that `grant` may not append: a run token appends only
         its run's events, and none of the kinds vlmd records itself."""
         if grant.admin:
             return
         for i, event in enumerate(batch):
-            if event["run"] != grant.run:
+            if event.run != grant.run:
                 raise ApiError(403, f"event {i}: run: this token writes only run "
                                     f"{grant.run}'s events; nothing was appended")
-            if event["kind"] in VLMD_KINDS:
-                raise ApiError(403, f"event {i}: kind: only vlmd records {event['kind']}; "
+            if event.kind in VLMD_KINDS:
+                raise ApiError(403, f"event {i}: kind: only vlmd records {event.kind}; "
                                     "nothing was appended")
 
     def authorize_read(self, conn: HTTPConnection, *, query: bool = False,

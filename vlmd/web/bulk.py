@@ -43,13 +43,14 @@ class Query:
 
 
 def read_chunk(log: EventLog, query: Query, limit: int = CHUNK_EVENTS,
-               max_bytes: int = CHUNK_BYTES) -> list[Event]:
+               max_bytes: int = CHUNK_BYTES, *, typed: bool = False) -> list[Event]:
     """The first events of `query`: at most `limit`, and stopping once they hold about
-    `max_bytes` of JSON (always at least one). The read's connection is closed on return."""
+    `max_bytes` of JSON (always at least one). The read's connection is closed on return.
+    Bodies stay JSON unless `typed` (`EventLog.read`): these events are sent on as they are."""
     events: list[Event] = []
     size = 0
     with contextlib.closing(log.read(after=query.after, until=query.until, run=query.run,
-                                     kinds=query.kinds, limit=limit)) as stream:
+                                     kinds=query.kinds, limit=limit, typed=typed)) as stream:
         for event in stream:
             events.append(event)
             size += len(event.body_json) + len(event.key) + 100  # the envelope's other fields
@@ -59,11 +60,11 @@ def read_chunk(log: EventLog, query: Query, limit: int = CHUNK_EVENTS,
 
 
 def events(log: EventLog, query: Query) -> Iterator[Event]:
-    """`query`'s events, read chunk by chunk as they are consumed (each chunk over its own
-    connection, closed before the chunk is handed out)."""
+    """`query`'s events with typed bodies (to fold), read chunk by chunk as they are consumed
+    (each chunk over its own connection, closed before the chunk is handed out)."""
     after = query.after
     while after < query.until:
-        chunk = read_chunk(log, Query(after, query.until, query.run, query.kinds))
+        chunk = read_chunk(log, Query(after, query.until, query.run, query.kinds), typed=True)
         if not chunk:
             return
         yield from chunk
