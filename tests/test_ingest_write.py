@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.events import completed, submitted
+from tests.events import body, completed, submitted
+from vlmd.store import incoming
 from vlmd.store.log import Appended, EventLog, Written
 
 KEYS = st.integers(0, 9)  # few keys, so groups repeat them, within the group and with the log
@@ -55,7 +56,7 @@ def test_a_group_answers_as_its_batches_appended_one_by_one(before: list[int],
         log.append([envelope(n) for n in before], received=1.0)
         batches = [[envelope(n) for n in batch] for batch in group]
         seen: list[Written] = []
-        written = log.write(batches, 2.0, seen.append)
+        written = log.write([incoming.all_typed(b) for b in batches], 2.0, seen.append)
         assert seen == [written]
         want = expected(before, group)
         assert answers(written.appended()) == want
@@ -65,7 +66,7 @@ def test_a_group_answers_as_its_batches_appended_one_by_one(before: list[int],
         assert all(d.last_seq == last for d in written.appended())
         stored = [e for d in written.appended() for e in d.events]
         assert stored == list(log.read(after=len(before)))
-        assert all(e.received == 2.0 and e.body == envelope(int(e.body["item"]))["body"]
+        assert all(e.received == 2.0 and body(e) == envelope(int(body(e)["item"]))["body"]
                    for e in stored)
         log.close()
 
@@ -80,7 +81,8 @@ def test_before_commit_sees_the_seqs_and_the_log_as_it_was(tmp_path: Path) -> No
         count = reader.execute("SELECT count(*) FROM events").fetchone()[0]
         reader.close()
         during.append(([e.seq for e in written.appended()[0].events], log.last_seq, count))
-    done = log.write([[envelope(1), envelope(2)]], 2.0, before_commit).appended()
+    done = log.write([incoming.all_typed([envelope(1), envelope(2)])], 2.0, before_commit
+                     ).appended()
     assert during == [([2, 3], 1, 1)]
     assert [e.seq for e in done[0].events] == [2, 3] and log.last_seq == 3
 
@@ -92,7 +94,8 @@ def test_a_failure_in_before_commit_rolls_the_group_back(tmp_path: Path) -> None
     def before_commit(written: Written) -> None:
         raise RuntimeError("stop")
     with pytest.raises(RuntimeError):
-        log.write([[envelope(1)], [envelope(2)]], 2.0, before_commit)
+        log.write([incoming.all_typed([envelope(1)]), incoming.all_typed([envelope(2)])], 2.0,
+                  before_commit)
     assert log.count() == 1 and log.last_seq == 1
     again = log.append_many([[envelope(1)], [envelope(2)]], 3.0)
     assert [[e.seq for e in d.events] for d in again] == [[2], [3]]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from tests.conftest import TOKEN
@@ -14,6 +15,7 @@ from vlmd.config import Config
 from vlmd.daemon.serve import Daemon
 from vlmd.launch import submit
 from vlmd.launch.launcher import LaunchSpec
+from vlmd_agent.catalog import RunSubmitted
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
@@ -74,7 +76,7 @@ def test_serving_options_travel_to_every_agent_and_back_from_the_log(dataset: Pa
     assert flags["--server-metrics"] == "off"
     body = submit.submitted_event(spec)["body"]
     assert body["config"]["concurrency"] == 16 and body["config"]["api_key_env"] == "VLLM_KEY"
-    again = LaunchSpec.from_submitted(spec.run, body)
+    again = LaunchSpec.from_submitted(spec.run, msgspec.convert(body, RunSubmitted))
     assert again.agent_args("http://v:8470", 0, Config.load(None)) == args
 
 
@@ -109,11 +111,12 @@ def test_evaluation_options_travel_from_the_submission_to_the_agents(tmp_path: P
     assert {k: event["body"]["config"][k] for k in ("prompt_template", "columns", "judge")} == {
         "prompt_template": "mmmu", "columns": "id=qid",
         "judge": "openai:judge@http://127.0.0.1:9/v1"}
-    again = LaunchSpec.from_submitted(spec.run, event["body"])
+    again = LaunchSpec.from_submitted(spec.run, msgspec.convert(event["body"], RunSubmitted))
     args = again.agent_args("http://127.0.0.1:1", 0, Config())
     assert args[args.index("--dataset") + 1] == str(folder / "*.parquet")
     assert args[args.index("--prompt-template") + 1] == "mmmu"
     assert args[args.index("--columns") + 1] == "id=qid"
     assert args[args.index("--judge") + 1] == "openai:judge@http://127.0.0.1:9/v1"
-    plain = LaunchSpec.from_submitted(spec.run, {"model": "demo:instant", "dataset": "d.jsonl"})
+    plain = LaunchSpec.from_submitted(spec.run, RunSubmitted(model="demo:instant",
+                                                             dataset="d.jsonl"))
     assert "--judge" not in plain.agent_args("http://127.0.0.1:1", 0, Config())
