@@ -9,8 +9,10 @@ response ends), so the task finishes and lets go of whatever it held.
 
 `Connections.configure` makes hypercorn's worker register each connection of one server in a
 `Connections`; `Connections.watch` cuts off a connection whose write has been blocked longer
-than the send timeout, `abort_all` every connection (the graceful deadline, a second signal).
-`current` is the connection of the request being handled.
+than the send timeout (at most `ABORT_AT_ONCE` every `WATCH_EVERY_S`, 50 a second: each one
+cut wakes its tasks, and hundreds at once would stall everything else for a moment),
+`abort_all` every connection (the graceful deadline, a second signal). `current` is the
+connection of the request being handled.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from hypercorn.trio.tcp_server import TCPServer
 
 log = logging.getLogger("vlmd.web.conns")
 _ATTR = "vlmd_connections"  # where a hypercorn Config keeps its server's `Connections`
-WATCH_EVERY_S = 0.5
-ABORT_AT_ONCE = 50  # each closed connection wakes its tasks: spread many over a few sweeps
+WATCH_EVERY_S = 0.1
+ABORT_AT_ONCE = 5  # each closed connection wakes its tasks: spread many over sweeps
 
 
 class Connection:
