@@ -38,12 +38,11 @@ ABORT_AT_ONCE = 5  # each closed connection wakes its tasks: spread many over sw
 
 
 class Connection:
-    """One client connection of a `Connections`: `writing_since` is when its pending write
-    began (None when none is pending); `abort` closes its socket."""
+    """One client connection: `writing_since` is when its pending write began (None when
+    none is pending); `abort` closes its socket."""
 
-    def __init__(self, server: Any, owner: Connections) -> None:
+    def __init__(self, server: Any) -> None:
         self._server = server
-        self.owner = owner
         self.writing_since: float | None = None
         self.aborted = False
 
@@ -82,7 +81,6 @@ class Connections:
 
     send_timeout_s: float
     open: set[Connection] = field(default_factory=set)
-    timed_out: int = 0
 
     def configure(self, hc: hypercorn.config.Config) -> None:
         """Register every connection that a server with config `hc` accepts in this set."""
@@ -92,7 +90,7 @@ class Connections:
 
     async def serve(self, server: Any) -> None:
         """Run one hypercorn `TCPServer`, known here while it lives."""
-        conn = Connection(server, self)
+        conn = Connection(server)
         send = server.protocol_send
 
         async def protocol_send(event: Any) -> None:
@@ -125,7 +123,6 @@ class Connections:
             for conn in late:
                 conn.abort()
             if late:
-                self.timed_out += len(late)
                 log.info("closed %d connections whose clients took no data for %g s",
                          len(late), self.send_timeout_s)
 

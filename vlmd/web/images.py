@@ -76,7 +76,6 @@ class ImageIndexes:
 
     def __init__(self, keep: int = KEEP) -> None:
         self.keep = keep
-        self.built = 0  # indexes built so far (each one read of a dataset)
         self._folder = Path(tempfile.mkdtemp(prefix="vlmd-images-"))  # mode 0700
         weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
         self._lock = threading.Lock()
@@ -121,7 +120,6 @@ class ImageIndexes:
                 with self._lock:
                     self._building.pop(key, None)
             with self._lock:
-                self.built += 1
                 self._indexes[key] = index
                 while len(self._indexes) > self.keep:
                     _, dropped = self._indexes.popitem(last=False)

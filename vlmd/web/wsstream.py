@@ -109,7 +109,6 @@ class WsHub:
     def __init__(self, max_clients: int) -> None:
         self.max_clients = max_clients
         self.clients = 0
-        self.refused = 0
 
     async def serve(self, ws: WebSocket, handler: Callable[[WsSession], Awaitable[None]]
                     ) -> None:
@@ -117,7 +116,6 @@ class WsHub:
         (then it is cancelled); refuse the client with 1013 when the hub is full."""
         await ws.accept()
         if self.clients >= self.max_clients:
-            self.refused += 1
             await ws.close(WS_TRY_AGAIN, close_reason(
                 f"too many WebSocket clients ({self.max_clients}); try again later"))
             return
