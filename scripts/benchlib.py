@@ -162,9 +162,10 @@ def spooler(read_fd: str, config_json: str) -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(on_signal)
                 print("ready", flush=True)
-                await read_lines(int(read_fd),
-                                 lambda line: spool_report(items, cfg.run, status_line(line)),
-                                 writer_gone=gone)
+                def spool(line: bytes) -> None:
+                    spool_report(items, cfg.run, status_line(line))
+
+                await read_lines(int(read_fd), spool, writer_gone=gone)
                 nursery.cancel_scope.cancel()
 
         trio.run(main)

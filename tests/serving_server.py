@@ -235,7 +235,8 @@ class Server:
                  "drop": params.get("drop") == "1"}
         self.truth.append(truth)
         stream = Stream(conn, prompt, float(params.get("first_ms", "80")) / 1000,
-                        float(params.get("gap_ms", "20")) / 1000, truth["tokens"], truth)
+                        float(params.get("gap_ms", "20")) / 1000,
+                        int(params.get("tokens", "5")), truth)
         self._send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                    b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
         self._event(conn, _chunk({"role": "assistant"}))

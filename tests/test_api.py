@@ -57,7 +57,7 @@ async def test_writes_without_the_right_token_get_401_and_append_nothing(daemon:
 
 async def test_a_422_batch_names_the_event_and_field_and_appends_nothing(daemon: Daemon) -> None:
     good = completed("r1", 1)
-    bad = completed("r1", 2, score="high")
+    bad = completed("r1", 2, score="high")  # type: ignore[arg-type]
     r = await post(daemon, [submitted("r1"), good, bad])
     assert r.status_code == 422
     assert r.json()["error"].startswith("event 2: body.score: expected a number, got string")

@@ -18,8 +18,9 @@ UNIT_SUFFIXES = {"_ms": "ms", "_mb": "MiB"}
 
 
 def all_fields() -> list[tuple[str, catalog.FieldInfo]]:
-    bodies = {**catalog.KINDS, "alert.*": catalog.Alert, "sample": catalog.Sample,
-              "gpu": catalog.Gpu, "ram": catalog.Ram}
+    bodies: dict[str, type[catalog.Body]] = {
+        **catalog.KINDS, "alert.*": catalog.Alert, "sample": catalog.Sample, "gpu": catalog.Gpu,
+        "ram": catalog.Ram}
     return [(kind, f) for kind, body in bodies.items() for f in catalog.fields(body)]
 
 

@@ -12,7 +12,6 @@ import os
 import select
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import pytest
 from tests.chaos import FAULT_KINDS, Record, RunRecord, parse_options
 from tests.chaos.record import Row, RunsViewRow
 from tests.events import typed_body
+from tests.ports import free_port
 from vlmd.live.liveness import STARTUP_GRACE_S, Liveness
 from vlmd.store.log import Event
 from vlmd_agent.evaluate import demo_data
@@ -221,10 +221,6 @@ def test_vlmd_stops_cleanly_at_the_end(chaos: Record) -> None:
                                     f"(want 0; its stderr is in daemon-*.log){_repeat(chaos)}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_wrapper_outlives_the_thread_that_forked_it_but_not_its_watchdog(
@@ -232,7 +228,7 @@ def test_a_wrapper_outlives_the_thread_that_forked_it_but_not_its_watchdog(
     """trio forks the wrapper from a worker thread that exits after 10 s idle; with
     PR_SET_PDEATHSIG the wrapper was SIGKILLed then, in every run longer than that."""
     dataset = demo_data.build(tmp_path / "data", n=3)
-    cfg = WrapperConfig(url=f"http://127.0.0.1:{_free_port()}", run="r-lifeline",
+    cfg = WrapperConfig(url=f"http://127.0.0.1:{free_port()}", run="r-lifeline",
                         model="demo:instant", dataset=str(dataset), spool=str(tmp_path / "spool"))
     read_fd, write_fd = os.pipe()
     started: list[subprocess.Popen[bytes]] = []

@@ -7,7 +7,6 @@ a running daemon or starts its own. Real servers on loopback: a port nothing lis
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,8 @@ import httpx
 import pytest
 
 from tests.conftest import TOKEN, DaemonProcess, start_daemon
+from tests.ports import free_port
 from vlmd_agent.evaluate import demo_data, demo_models
-
-
-def free_port() -> int:
-    """A port nothing listens on (the kernel just handed it out)."""
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return int(s.getsockname()[1])
 
 
 def vlmd(*args: str, cwd: Path, env: dict[str, str] | None = None,

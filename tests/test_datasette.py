@@ -18,8 +18,8 @@ import trio
 
 from tests.conftest import TOKEN, daemon_config
 from tests.events import completed, ev, failed, finished, started, submitted
+from tests.ports import free_port
 from tests.test_views import gpu, sample_batch, sample_one
-from vlmd.daemon.datasette import free_port
 from vlmd.daemon.datasette_meta import QUERIES, TABLES
 from vlmd.daemon.serve import Daemon, serve
 from vlmd.store.migrations import MIGRATIONS

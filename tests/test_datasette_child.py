@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from tests.conftest import start_daemon
+from tests.ports import free_port
 from tests.test_origins import wait_answering
-from vlmd.daemon.datasette import free_port
 
 pytestmark = pytest.mark.filterwarnings(  # start_daemon's stderr file object (see test_dashboard)
     r"ignore:Exception ignored in. <_io.FileIO name=.*\.stderr'"

@@ -19,7 +19,7 @@ from vlmd.cli.wsclient import Closed, WsClient, open_ws
 from vlmd.daemon.serve import Daemon, serve
 from vlmd.live import wsframes
 from vlmd.live.state import FRAME_EVENTS, _frames
-from vlmd.store.log import Appended, Event
+from vlmd.store.log import NOT_READ, Appended, Event
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
@@ -170,7 +170,7 @@ async def test_stopping_the_daemon_tells_clients_to_reconnect(daemon: Daemon) ->
 
 def test_a_group_commit_is_cut_into_frames_of_whole_batches() -> None:
     def appended(first: int, n: int) -> Appended:
-        events = [Event(s, f"k{s}", "r", "item.completed", 1.0, 2.0, {}, "{}")
+        events = [Event(s, f"k{s}", "r", "item.completed", 1.0, 2.0, NOT_READ, "{}")
                   for s in range(first, first + n)]
         return Appended(events, 0, first + n - 1)
 

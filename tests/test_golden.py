@@ -23,7 +23,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import DaemonProcess, start_daemon
 from tests.golden.corpus import SCENARIOS, corpus
-from vlmd.daemon.datasette import free_port
+from tests.ports import free_port
 from vlmd.projections import answers, summary, tracker
 from vlmd.store.log import EventLog
 from vlmd_agent import wire
@@ -139,7 +139,7 @@ def read_datasette(url: str) -> Reading:
 
 def _cell(value: Any) -> Any:
     """A value as an SQL view holds it (arrays are JSON text)."""
-    return answers._cell(value) if isinstance(value, list) else value
+    return answers._cell(value, False) if isinstance(value, list) else value
 
 
 def test_the_fold_decides_the_hard_paths(golden_log: Path) -> None:

@@ -20,7 +20,7 @@ from vlmd_agent.evaluate.schemas import parse_columns
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
-def image(data: bytes = PNG, path: str | None = None) -> dict[str, Any]:
+def image(data: bytes | None = PNG, path: str | None = None) -> dict[str, Any]:
     return {"bytes": data, "path": path}
 
 

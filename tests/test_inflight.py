@@ -32,7 +32,7 @@ class Probe:
 
 
 def test_n_requests_are_in_flight_at_once_and_each_is_delivered_once() -> None:
-    probe, got = Probe(0.05), []
+    probe, got = Probe(0.05), list[int]()
     started = time.monotonic()
     count = run_each(range(40), probe, got.append, stopped=lambda: False, concurrency=8)
     took = time.monotonic() - started
@@ -42,13 +42,13 @@ def test_n_requests_are_in_flight_at_once_and_each_is_delivered_once() -> None:
 
 
 def test_one_at_a_time_is_in_order() -> None:
-    probe, got = Probe(0.0), []
+    probe, got = Probe(0.0), list[int]()
     run_each(range(10), probe, got.append, stopped=lambda: False)
     assert got == list(range(10)) and probe.peak == 1
 
 
 def test_a_fixed_rate_starts_request_k_at_k_over_r() -> None:
-    probe, got = Probe(0.01), []
+    probe, got = Probe(0.01), list[int]()
     run_each(range(12), probe, got.append, stopped=lambda: False, concurrency=4, rate=40.0)
     # each start against its slot k / 40 on the schedule, the schedule's start being the
     # earliest that fits every start: late only by a sleep's overshoot (more on a busy machine)
@@ -59,7 +59,7 @@ def test_a_fixed_rate_starts_request_k_at_k_over_r() -> None:
 
 
 def test_a_stop_starts_no_more_and_lets_those_in_flight_finish() -> None:
-    probe, got = Probe(0.1), []
+    probe, got = Probe(0.1), list[int]()
     stop = threading.Event()
     threading.Timer(0.15, stop.set).start()
     count = run_each(range(100), probe, got.append, stopped=stop.is_set, concurrency=4)

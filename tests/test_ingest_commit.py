@@ -9,7 +9,7 @@ import json
 import sqlite3
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,7 @@ async def test_a_write_that_fails_before_its_commit_refuses_the_batch(tmp_path: 
     live = Live(EventLog.open(tmp_path / "v.db"), Feed())
     await live.append([submitted("r1")])
     # NOT NULL: the INSERT fails, no COMMIT is tried
-    bad = incoming.typed(completed("r1", 1))._replace(run=None)
+    bad = incoming.typed(completed("r1", 1))._replace(run=None)  # type: ignore[arg-type]
     with pytest.raises(sqlite3.IntegrityError):
         await live.append([completed("r1", 2), bad])
     assert live.log.count() == 1 and live.head == 1
@@ -244,7 +244,7 @@ async def test_an_answer_that_cannot_be_sent_still_releases_its_frames(tmp_path:
     await live.append([submitted("r1")], hold_feed=True)
     answer = api._FeedAfter(live, {})
 
-    async def gone(message: dict[str, Any]) -> None:
+    async def gone(message: MutableMapping[str, Any]) -> None:
         raise OSError("the client went away")
 
     async def nothing() -> dict[str, Any]:

@@ -50,7 +50,7 @@ def test_a_failing_batch_appends_nothing(tmp_path: Path) -> None:
     log = EventLog.open(tmp_path / "v.db")
     # a NOT NULL violation in the middle of the batch
     bad = incoming.typed(ev("r1", "item.completed", {"item": "1", "answer": "x"}))._replace(
-        run=None)
+        run=None)  # type: ignore[arg-type]
     with pytest.raises(sqlite3.IntegrityError):
         log.append([submitted("r1"), bad, completed("r1", 2)], received=1.0)
     assert log.count() == 0

@@ -18,8 +18,8 @@ from playwright.sync_api import sync_playwright
 
 from tests.conftest import TOKEN, DaemonProcess, daemon_config, start_daemon
 from tests.events import completed, submitted
+from tests.ports import free_port
 from vlmd.cli.wsclient import Closed, open_ws
-from vlmd.daemon.datasette import free_port
 from vlmd.daemon.serve import Daemon, serve
 from vlmd.web.origins import Origins
 

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import TOKEN, DaemonProcess, start_daemon
 from tests.events import T0, completed
+from tests.ports import free_port
 from vlmd_agent.outbox.putlog import PutLog
 from vlmd_agent.outbox.spool import Outbox
 
@@ -39,10 +40,6 @@ threading.Event().wait()
 """
 
 
-def free_port() -> int:
-    """A port nothing listens on (the kernel just handed it out)."""
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return int(s.getsockname()[1])
 
 
 def logged_keys(db: Path) -> list[str]:

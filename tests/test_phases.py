@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.events import ev, submitted
+from tests.events import ev, stored, submitted
 from tests.test_cli_runs import embedded_config, events
 from tests.test_cli_user_errors import vlmd
-from tests.test_fold_says_why import stored
 from vlmd.cli.follow import phase_text, status_line
 from vlmd.projections import tracker
 from vlmd_agent.evaluate import demo_data

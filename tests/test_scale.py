@@ -19,7 +19,7 @@ from tests.events import body, completed, ev, started, submitted
 from vlmd.cli.wsclient import Closed, open_ws
 from vlmd.daemon.serve import Daemon
 from vlmd.live.feed import Feed
-from vlmd.store.log import Appended, Event, EventLog
+from vlmd.store.log import NOT_READ, Appended, Event, EventLog
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -75,9 +75,9 @@ def test_frames_are_encoded_once_per_distinct_run_and_kinds_filter() -> None:
         feed.subscribe(None, 0), feed.subscribe(None, 0, ["run.*", "item.*"]),
         feed.subscribe(None, 0, ["item.*", "run.*"]), feed.subscribe("b", 0))
     body = {"item": "1", "answer": "A"}
-    events = [Event(1, "k1", "a", "item.completed", 1.0, 1.0, body, json.dumps(body)),
-              Event(2, "k2", "a", "watchdog.sample", 1.0, 1.0, {}, "{}"),
-              Event(3, "k3", "b", "run.started", 1.0, 1.0, {}, "{}")]
+    events = [Event(1, "k1", "a", "item.completed", 1.0, 1.0, NOT_READ, json.dumps(body)),
+              Event(2, "k2", "a", "watchdog.sample", 1.0, 1.0, NOT_READ, "{}"),
+              Event(3, "k3", "b", "run.started", 1.0, 1.0, NOT_READ, "{}")]
     feed.publish(events)
     got = {name: sub.receive.receive_nowait() for name, sub in (
         ("everything", everything), ("runs", runs_page), ("also", also_runs_page),

@@ -21,7 +21,7 @@ from vlmd.config import Config
 from vlmd.daemon import datasette
 from vlmd.daemon.serve import Daemon, is_loopback, serve, warn_if_exposed
 from vlmd.tokens import Tokens, mint
-from vlmd.web import api
+from vlmd.web import auth
 from vlmd.web.auth import Auth
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def test_the_token_is_compared_with_hmac_compare_digest(monkeypatch: pytest.Monk
     checker = Auth(Tokens(TOKEN, READ_TOKEN))
     checker.authorize(_request(f"Bearer {TOKEN}"))
     for wrong in ("Bearer nope", f"Bearer {TOKEN}x", f"bearer {TOKEN[:-1]}"):
-        with pytest.raises(api.ApiError) as err:
+        with pytest.raises(auth.ApiError) as err:
             checker.authorize(_request(wrong))
         assert err.value.status == 401
     t, r = TOKEN.encode(), READ_TOKEN.encode()
@@ -72,12 +72,12 @@ def test_the_token_is_compared_with_hmac_compare_digest(monkeypatch: pytest.Monk
                      (t[:-1], t), (t[:-1], r)]
     calls.clear()
     forged = mint("another secret", "r1")
-    with pytest.raises(api.ApiError):
+    with pytest.raises(auth.ApiError):
         checker.authorize_events(_request(f"Bearer {forged}"))
     mac = forged.rpartition(".")[2].encode()
     assert calls[:2] == [(forged.encode(), t), (forged.encode(), r)]
     assert calls[2][0] == mac and calls[2][1] != mac and len(calls) == 3
-    with pytest.raises(api.ApiError, match="missing token"):
+    with pytest.raises(auth.ApiError, match="missing token"):
         checker.authorize(_request(None))
 
 

@@ -39,14 +39,20 @@ vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="Qwen/Qwen2-VL-7B"} 
 """
 
 
+def text_of(engine: str, running: int, waiting: int, kv_per_request: float) -> str:
+    text = metrics_text(engine, running, waiting, kv_per_request)
+    assert text is not None
+    return text
+
+
 def test_vllm_v1_and_v0_and_sglang_expositions_are_read() -> None:
-    v1 = scrape_of(metrics_text("vllm", running=3, waiting=2, kv_per_request=0.1), 5.0)
+    v1 = scrape_of(text_of("vllm", running=3, waiting=2, kv_per_request=0.1), 5.0)
     assert v1 == {"t": 5.0, "engine": "vllm", "kv_cache_usage": pytest.approx(0.3),
                   "running": 3.0, "waiting": 2.0}
     v0 = scrape_of(VLLM_V0, 6.0)
     assert v0 == {"t": 6.0, "engine": "vllm", "kv_cache_usage": 0.25, "running": 3.0,
                   "waiting": 1.0}
-    sglang = scrape_of(metrics_text("sglang", running=4, waiting=0, kv_per_request=0.2), 7.0)
+    sglang = scrape_of(text_of("sglang", running=4, waiting=0, kv_per_request=0.2), 7.0)
     assert sglang == {"t": 7.0, "engine": "sglang", "kv_cache_usage": pytest.approx(0.8),
                       "running": 4.0, "waiting": 0.0}
 

@@ -20,7 +20,7 @@ from tests.stalled import open_connections, stalled_client
 from vlmd.cli.wsclient import Closed, open_ws
 from vlmd.daemon.serve import Daemon, serve
 from vlmd.live.feed import Feed
-from vlmd.store.log import Event
+from vlmd.store.log import NOT_READ, Event
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
@@ -95,7 +95,7 @@ async def test_a_client_that_stops_reading_is_cut_off_after_send_timeout_s(
 
 def _event(seq: int, size: int) -> Event:
     body = '{"item": "%d", "answer": "%s"}' % (seq, "a" * size)  # noqa: UP031
-    return Event(seq, f"k{seq}", "r1", "item.completed", 1.0, 2.0, {}, body)
+    return Event(seq, f"k{seq}", "r1", "item.completed", 1.0, 2.0, NOT_READ, body)
 
 
 async def test_a_subscriber_is_dropped_once_its_unsent_frames_pass_its_byte_budget() -> None:

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,12 +20,13 @@ from tests.conftest import TOKEN, start_daemon
 from tests.events import completed, submitted
 
 
-def serve(db: Path, *args: str, preexec: object = None) -> subprocess.CompletedProcess[str]:
+def serve(db: Path, *args: str, preexec: Callable[[], object] | None = None
+          ) -> subprocess.CompletedProcess[str]:
     """`vlmd serve` on `db` expected to fail at start: its exit status and output."""
     return subprocess.run(
         [sys.executable, "-m", "vlmd", "serve", "--db", str(db), "--port", "0", *args],
         cwd=db.parent, env={**os.environ, "VLMD_TOKEN": TOKEN}, capture_output=True, text=True,
-        timeout=60, preexec_fn=preexec)  # type: ignore[arg-type]
+        timeout=60, preexec_fn=preexec)
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -70,7 +71,7 @@ def test_a_taken_port_is_named_in_one_line(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[tuple[Path, object]]:
+def full_disk(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], object] | None]]:
     """A folder on a full file system (a 64 KiB tmpfs, filled), or, where mounting is not
     permitted, a process limit that makes every write fail (RLIMIT_FSIZE 0)."""
     folder = tmp_path / "full"
@@ -94,7 +95,8 @@ def full_disk(tmp_path: Path) -> Iterator[tuple[Path, object]]:
         subprocess.run(["umount", str(folder)], check=True)
 
 
-def test_a_full_disk_at_start_is_named_in_one_line(full_disk: tuple[Path, object]) -> None:
+def test_a_full_disk_at_start_is_named_in_one_line(
+        full_disk: tuple[Path, Callable[[], object] | None]) -> None:
     folder, preexec = full_disk
     line = one_line(serve(folder / "vlmd.db", preexec=preexec))
     assert str(folder / "vlmd.db") in line

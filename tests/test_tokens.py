@@ -21,6 +21,7 @@ from tests.events import completed, ev, started, submitted
 from vlmd.config import Config, ConfigError
 from vlmd.daemon.serve import Daemon, serve
 from vlmd.launch import submit
+from vlmd.launch.launcher import LocalLauncher
 from vlmd.tokens import RUN_PREFIX, Tokens, mint
 from vlmd_agent.evaluate import demo_data
 
@@ -130,13 +131,14 @@ async def test_agents_that_vlmd_launches_hold_a_token_for_their_run_only(
         r = await c.post("/api/runs", json={"model": "demo:instant:50", "dataset": str(dataset)})
         run = r.json()["run"]
         with trio.fail_after(60):
-            while daemon.launcher is None or not daemon.launcher.procs:
+            while not isinstance(daemon.launcher, LocalLauncher) or not daemon.launcher.procs:
                 await trio.sleep(0.05)
-            [proc] = daemon.launcher.procs.values()  # type: ignore[union-attr]
+            assert isinstance(daemon.launcher, LocalLauncher)
+            [proc] = daemon.launcher.procs.values()
             env = psutil.Process(proc.pid).environ()
             while (await c.get(f"/api/runs/{run}")).json()["status"] != "finished":
                 await trio.sleep(0.1)
-            while daemon.launcher.procs:  # type: ignore[union-attr]  # it has said all
+            while daemon.launcher.procs:  # it has said all
                 await trio.sleep(0.1)
     assert env["VLMD_TOKEN"] == mint(TOKEN, run) != TOKEN
     assert TOKEN not in env.values()

@@ -161,7 +161,7 @@ def check_agreement(log: EventLog) -> int:
         served = [answers.served(e) for e in kept.values()]
         columns = (*answers.COLUMNS, "seq", "outcome")
         assert [{c: r[c] for c in columns} for r in items] == [
-            {c: (answers._cell(v) if isinstance(v, list) else v) for c, v in row.items()}
+            {c: (answers._cell(v, False) if isinstance(v, list) else v) for c, v in row.items()}
             for row in served]
         [ms] = query(log, "SELECT * FROM model_summary WHERE run = ?", run)
         want = summary.summarize(state)

@@ -14,7 +14,6 @@ import itertools
 import math
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import sys
@@ -30,6 +29,7 @@ import trio
 import trio.testing
 
 from tests.conftest import TOKEN, daemon_config
+from tests.ports import free_port
 from vlmd.daemon.serve import Daemon, serve
 from vlmd_agent.evaluate import demo_data
 from vlmd_agent.watch.detect import (
@@ -411,10 +411,6 @@ def _pending(spool: Path) -> int:
         db.close()
 
 
-def free_port() -> int:
-    """A port nothing listens on (the kernel just handed it out)."""
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return int(s.getsockname()[1])
 
 
 FULL_SPOOL = """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import zlib
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -107,7 +108,7 @@ def test_deflated_frames_are_shared_and_read_by_wsprotos_client(
     assert len(texts[0].wire[bits]) < len(texts[0].encode()) / 4
 
 
-def vars_of(offer: PerMessageDeflate) -> dict[str, object]:
+def vars_of(offer: PerMessageDeflate) -> dict[str, Any]:
     return {"client_no_context_takeover": offer.client_no_context_takeover,
             "client_max_window_bits": offer.client_max_window_bits,
             "server_no_context_takeover": offer.server_no_context_takeover,
@@ -165,7 +166,7 @@ def test_other_cases_go_to_wsproto() -> None:
 def test_install_puts_it_in_wsproto_and_hypercorn() -> None:
     wsframes.install()
     assert FrameProtocol.send_data is wsframes.send_data
-    assert ws_stream.PerMessageDeflate is wsframes.SharedDeflate
+    assert ws_stream.PerMessageDeflate is wsframes.SharedDeflate  # type: ignore[attr-defined]
     status, headers, _ = ws_stream.Handshake(
         [(b"connection", b"upgrade"), (b"upgrade", b"websocket"), (b"sec-websocket-key", b"k"),
          (b"sec-websocket-version", b"13"),

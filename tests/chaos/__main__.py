@@ -37,10 +37,11 @@ from types import FrameType
 import psutil
 
 from tests.chaos.audit import audit_run, integrity
-from tests.chaos.daemon import Daemon, chaos_env, free_port
+from tests.chaos.daemon import Daemon, chaos_env
 from tests.chaos.faults import agents, log, phase_agents, phase_daemon, wait_finished
 from tests.chaos.options import add_options, resolve
 from tests.chaos.record import FAULT_KINDS, Integrity, Record
+from tests.ports import free_port
 from vlmd_agent.evaluate import demo_data
 
 PR_SET_CHILD_SUBREAPER = 36

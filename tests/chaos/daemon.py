@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -61,11 +60,6 @@ def chaos_env(folder: Path) -> dict[str, str]:
             "PYTHONPATH": path}
 
 
-def free_port() -> int:
-    """A TCP port free right now on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon:
