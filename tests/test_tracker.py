@@ -11,11 +11,20 @@ from vlmd.projections import tracker
 RUNS = ["a", "b"]
 
 
+def rotation(run: str, item: int, score: float | None, attempt: int) -> dict[str, object]:
+    """An outcome of rotation `item` of a circular file (its question: item % 3), a failure
+    when `score` is None; `attempt` makes retries."""
+    e = failed(run, item, attempt=attempt) if score is None else completed(run, item, score)
+    e["body"]["circular_group"] = str(item % 3)
+    e["key"] = f"{run}/item/{item}/{attempt}"
+    return e
 
 
 one_event = st.one_of(
     st.builds(completed, st.sampled_from(RUNS), st.integers(0, 4), st.sampled_from([0.0, 1.0])),
     st.builds(failed, st.sampled_from(RUNS), st.integers(0, 4)),
+    st.builds(rotation, st.sampled_from(RUNS), st.integers(10, 16),
+              st.sampled_from([0.0, 1.0, None]), st.integers(0, 3)),
     st.builds(started, st.sampled_from(RUNS)),
     st.builds(submitted, st.sampled_from(RUNS)),
     st.builds(finished, st.sampled_from(RUNS)),

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from vlmd.projections.circular import CORRECT_AT as CORRECT_AT  # the outcome classes' rule
 from vlmd.projections.tracker import item_error, supersedes
 from vlmd.store.log import Event
 from vlmd_agent import catalog
@@ -28,7 +29,6 @@ from vlmd_agent.catalog import ItemFailed
 COLUMNS = catalog.ANSWER_COLUMNS  # declared, with meanings and units, in the event catalog
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 ITEM_KINDS = ("item.completed", "item.failed")
-CORRECT_AT = 0.5  # a score from here up is a correct answer (the dashboard's filter)
 Row = dict[str, Any]
 
 

@@ -1,4 +1,5 @@
-"""The per-run summary: accuracy and latency/VRAM percentiles, derived from the tracker's items.
+"""The per-run summary: accuracy (per category too, and CircularEval's) and latency/VRAM
+percentiles, derived from the tracker's items.
 
 Percentiles use linear interpolation between closest ranks (numpy's default, ``method="linear"``),
 so p50 of an even count is the mean of the two middle values.
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from operator import attrgetter
 from typing import Any
 
+from vlmd.projections.circular import is_right
 from vlmd.projections.tracker import ItemResult, RunState
 
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "vram_peak_delta_mb")
@@ -46,15 +49,22 @@ def describe(values: list[float]) -> dict[str, float | int | None]:
 
 
 def summarize(state: RunState) -> dict[str, Any]:
-    """Accuracy (mean score of completed, scored items, as the tracker keeps it) and the
-    distribution of each metric over the completed items: O(items), so callers cache it by
-    the run's ``item_seq`` (`vlmd.live.state.Live.summary`)."""
+    """Accuracy (mean score of completed, scored items, as the tracker keeps it), CircularEval's
+    accuracy and its questions, the unparsed answers, the accuracy per category (`by_category`)
+    and the distribution of each metric over the completed items: O(items), so callers cache it
+    by the run's ``item_seq`` (`vlmd.live.states.Summaries`)."""
     completed = [r for r in state.items.values() if r.ok]
+    circular = bool(state.circular.groups)
     summary: dict[str, Any] = {
         "completed": state.done,
         "failed": state.failed,
         "scored": state.scored,
         "accuracy": state.accuracy,
+        "circular_accuracy": state.circular_accuracy,
+        "circular_groups": len(state.circular.groups),
+        "unparsed": sum(1 for r in completed if r.unparsed),
+        "by_category": by_category(state.items.values(), "category", circular=circular),
+        "by_l2_category": by_category(state.items.values(), "l2_category", circular=circular),
     }
     for i, name in enumerate(METRICS, start=2):
         summary[name] = describe([v for r in completed if isinstance(v := r[i], int | float)])
@@ -67,6 +77,43 @@ def summarize(state: RunState) -> dict[str, Any]:
                                             if r.tokens_source is not None).most_common())
     summary["vram_note"] = vram_note(completed)
     return summary
+
+
+def by_category(items: Iterable[ItemResult], level: str = "category", *,
+                circular: bool = False) -> dict[str, dict[str, Any]]:
+    """Per category (`level`: ``category`` or ``l2_category``), by name: ``items`` (its completed
+    items with a score) and ``accuracy`` (their mean score, None without any); with `circular`,
+    also ``circular_groups`` (its questions) and ``circular_accuracy`` (the share of them with
+    every rotation right, `vlmd.projections.circular`). Items without the category are left
+    out."""
+    name_of = attrgetter(level)
+    scores: dict[str, list[float]] = {}  # name -> [sum of scores, scored items]
+    groups: dict[str, dict[str, bool]] = {}  # name -> question -> every rotation right so far
+    for r in items:
+        name: str | None = name_of(r)
+        if name is None:
+            continue
+        tally = scores.get(name)
+        if tally is None:
+            tally = scores[name] = [0.0, 0]
+        if r.ok and r.score is not None:
+            tally[0] += r.score
+            tally[1] += 1
+        if circular and r.circular_group is not None:
+            questions = groups.setdefault(name, {})
+            questions[r.circular_group] = (questions.get(r.circular_group, True)
+                                           and is_right(r.ok, r.score))
+    table: dict[str, dict[str, Any]] = {}
+    for name in sorted(scores):
+        total, n = scores[name]
+        entry: dict[str, Any] = {"items": int(n), "accuracy": total / n if n else None}
+        if circular:
+            questions = groups.get(name, {})
+            entry["circular_groups"] = len(questions)
+            entry["circular_accuracy"] = (sum(questions.values()) / len(questions)
+                                          if questions else None)
+        table[name] = entry
+    return table
 
 
 def failures(state: RunState, top: int = TOP_FAILURES) -> list[dict[str, Any]]:

@@ -4,9 +4,9 @@
 events always gives the same state. For speed it updates the state it is given in place and returns
 it; callers that need an old state replay a prefix of the log (`vlmd state --at`).
 
-This fold is the one place that decides a run's status, counters, shard states and accuracy;
-the dashboard, the CLI and the state stream show what it decides, and the SQL views
-(`vlmd.store.views`) are held to it by tests.
+This fold is the one place that decides a run's status, counters, shard states and accuracy
+(CircularEval's too, `vlmd.projections.circular`); the dashboard, the CLI and the state stream
+show what it decides, and the SQL views (`vlmd.store.views`) are held to it by tests.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, cast
 
 import msgspec
 
+from vlmd.projections.circular import Tally, is_right
 from vlmd.projections.serving import RunCosts
 from vlmd.store.incoming import Unknown
 from vlmd.store.log import Event
@@ -50,7 +51,9 @@ class ItemResult(NamedTuple):
     """The latest outcome of one item: the fields the summary needs.
 
     ``error`` is a failed item's ``"reason: message"`` (as answers.csv writes it);
-    ``tokens_source`` and ``vram_note`` say how a completed item's tokens and VRAM were measured.
+    ``tokens_source`` and ``vram_note`` say how a completed item's tokens and VRAM were measured;
+    ``category``, ``l2_category`` and ``circular_group`` are the item's, and ``unparsed`` says
+    that no rule could read a multiple-choice answer.
     """
 
     ok: bool
@@ -62,6 +65,10 @@ class ItemResult(NamedTuple):
     error: str | None = None
     tokens_source: str | None = None
     vram_note: str | None = None
+    category: str | None = None
+    l2_category: str | None = None
+    circular_group: str | None = None
+    unparsed: bool | None = None
 
 
 class AmbiguousName(LookupError):
@@ -105,6 +112,7 @@ class RunState:
     failed: int = 0
     score_sum: float = 0.0  # of the scores of completed items, kept as items change: accuracy
     scored: int = 0  # is O(1)
+    circular: Tally = field(default_factory=Tally)  # CircularEval's questions, kept likewise
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RATE_POINTS))
     # what each shard's agent said it is doing, latest last (a ``run.phase`` body), while it runs
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -148,6 +156,11 @@ class RunState:
         return self.score_sum / self.scored if self.scored else None
 
     @property
+    def circular_accuracy(self) -> float | None:
+        """CircularEval's accuracy (`vlmd.projections.circular`); None without circular items."""
+        return self.circular.accuracy
+
+    @property
     def eta_s(self) -> float | None:
         """Seconds left at the current rate, while the run is running."""
         total, rate = self.total, self.rate
@@ -179,7 +192,8 @@ class RunState:
         return {
             "run": self.run, "name": self.name, "model": self.model, "dataset": self.dataset,
             "status": self.status, "done": self.done, "failed": self.failed,
-            "total": self.total, "accuracy": self.accuracy, "rate": self.rate, "eta_s": self.eta_s,
+            "total": self.total, "accuracy": self.accuracy,
+            "circular_accuracy": self.circular_accuracy, "rate": self.rate, "eta_s": self.eta_s,
             "submitted_at": self.submitted_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "last_event_at": self.last_event_at,
             "last_heartbeat": self.last_heartbeat, "alerts": self.alerts,
@@ -270,6 +284,8 @@ def _first(s: RunState, result: ItemResult) -> None:
             s.scored += 1
     else:
         s.failed += 1
+    if (group := result[11]) is not None:
+        s.circular.add(group, is_right(result[0], result[1]))
 
 
 def _replace(s: RunState, old: ItemResult, new: ItemResult) -> None:
@@ -281,6 +297,8 @@ def _replace(s: RunState, old: ItemResult, new: ItemResult) -> None:
             s.scored -= 1
     else:
         s.failed -= 1
+    if (group := old[11]) is not None:
+        s.circular.remove(group, is_right(old[0], old[1]))
     _first(s, new)
 
 
@@ -289,10 +307,12 @@ def _result(b: ItemCompleted | ItemFailed) -> ItemResult:
     if type(b) is ItemCompleted:
         return tuple.__new__(ItemResult, (
             True, b.score, b.ttft_ms, b.tpot_ms, b.e2e_ms, b.vram_peak_delta_mb, None,
-            b.tokens_source, b.vram_note))
+            b.tokens_source, b.vram_note, b.category, b.l2_category, b.circular_group,
+            b.unparsed))
     return tuple.__new__(ItemResult, (False, None, b.ttft_ms, b.tpot_ms, b.e2e_ms,
                                       b.vram_peak_delta_mb, item_error(cast(ItemFailed, b)),
-                                      None, None))
+                                      None, None, b.category, b.l2_category, b.circular_group,
+                                      None))
 
 
 def _phase(s: RunState, e: Event, t: Tracker) -> None:
@@ -395,7 +415,8 @@ def outcomes(events: Sequence[Event]) -> Outcomes:
             item = b.item
             add((item if type(item) is str else str(item), new(ItemResult, (  # no slow __new__
                 True, b.score, b.ttft_ms, b.tpot_ms, b.e2e_ms, b.vram_peak_delta_mb, None,
-                b.tokens_source, b.vram_note))))
+                b.tokens_source, b.vram_note, b.category, b.l2_category, b.circular_group,
+                b.unparsed))))
         elif type(b) is ItemFailed:
             item = b.item
             add((item if type(item) is str else str(item), _result(b)))
@@ -448,6 +469,8 @@ def apply_many(tracker: Tracker, events: Sequence[Event], found: Outcomes | None
                     state.scored += 1
             else:
                 state.failed += 1
+            if (group := result[11]) is not None:  # a circular file's rotation
+                state.circular.add(group, is_right(result[0], result[1]))
         elif supersedes(old[0], result[0]):
             _replace(state, old, result)
         else:
