@@ -125,10 +125,11 @@ async def test_run_status_counts_and_summary(daemon: Daemon) -> None:
 EXPECTED_CSV = """\
 run,item,question,answer,expected,score,ttft_ms,tpot_ms,e2e_ms,input_tokens,output_tokens,\
 vram_before_mb,vram_peak_delta_mb,error,request_start,energy_j,kv_cache_peak,server_running,\
-server_waiting
-r1,1,What colour?,B,B,1.0,182.4,21.7,830.1,611,31,15234.0,412.5,,1796210000.25,41.5,0.42,3,0
-r1,2,,,,,,,,,,,,oom: CUDA out of memory,,,,,
-r1,3,"Say ""hi"", please",hi,"[""hi"",""hello""]",0.6667,,,,,,,,,,,,,
+server_waiting,category,l2_category,split,circular_group,scorer,choice,unparsed,options
+r1,1,What colour?,B,B,1.0,182.4,21.7,830.1,611,31,15234.0,412.5,,1796210000.25,41.5,0.42,3,0,\
+attribute,perception,dev,1,mcq,B,,"{""A"":""red"",""B"":""blue""}"
+r1,2,,,,,,,,,,,,oom: CUDA out of memory,,,,,,,,,,,,,
+r1,3,"Say ""hi"", please",hi,"[""hi"",""hello""]",0.6667,,,,,,,,,,,,,,,,,,mcq,,True,
 """
 
 
@@ -138,9 +139,12 @@ async def test_answers_csv_matches_the_expected_text(daemon: Daemon) -> None:
         "ttft_ms": 182.4, "tpot_ms": 21.7, "e2e_ms": 830.1, "input_tokens": 611,
         "output_tokens": 31, "vram_before_mb": 15234.0, "vram_peak_delta_mb": 412.5,
         "request_start": 1796210000.25, "energy_j": 41.5, "kv_cache_peak": 0.42,
-        "server_running": 3, "server_waiting": 0})
+        "server_running": 3, "server_waiting": 0, "category": "attribute",
+        "l2_category": "perception", "split": "dev", "circular_group": "1", "scorer": "mcq",
+        "choice": "B", "options": {"A": "red", "B": "blue"}})
     item3 = ev("r1", "item.completed", {"item": 3, "question": 'Say "hi", please', "answer": "hi",
-                                        "expected": ["hi", "hello"], "score": 0.6667})
+                                        "expected": ["hi", "hello"], "score": 0.6667,
+                                        "scorer": "mcq", "unparsed": True})
     retry_fails = failed("r1", 1, attempt=1)  # a completed item stays completed
     await post(daemon, [submitted("r1"), item1, failed("r1", 2), item3, retry_fails])
     async with client(daemon) as c:

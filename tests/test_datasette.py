@@ -25,7 +25,7 @@ from vlmd.daemon.serve import Daemon, serve
 from vlmd.store.migrations import MIGRATIONS
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-VIEWS = ("runs", "items", "samples", "alerts", "model_summary")
+VIEWS = ("runs", "items", "samples", "alerts", "model_summary", "category_summary")
 
 
 def datasette_children() -> list[psutil.Process]:
@@ -59,7 +59,8 @@ async def keep_appending(d: Daemon, stop: trio.Event) -> None:
 
 def seed_events() -> list[dict[str, Any]]:
     return [submitted("ds", total=500, name="dash"), started("ds", total=500),
-            completed("ds", 1, ttft=900.0), failed("ds", 2, "oom"), failed("ds", 3, "timeout"),
+            completed("ds", 1, ttft=900.0, category="OCR"), failed("ds", 2, "oom"),
+            failed("ds", 3, "timeout"),
             sample_batch("ds", 1.79e9, 3),
             ev("ds", "alert.vram_high", {"message": "95%"}, ts=1.79e9 + 0.05),
             submitted("other"), finished("other")]

@@ -48,6 +48,25 @@ def sample_batch(run: str, t: float, n: int) -> dict[str, Any]:
                                        "model_gpus": [0, 1]})
 
 
+def benchmark(rng: random.Random, run: str, item: int) -> dict[str, Any]:
+    """An item's benchmark fields: runs r0 and r1 hold a circular file (item % 4 is the
+    question), r2 categories only, r3 none; an item's category is fixed, an unparsed answer
+    random."""
+    if run == "r3":
+        return {}
+    fields: dict[str, Any] = {"category": "cat-" + "abc"[item % 3]}
+    if item % 3:
+        fields["l2_category"] = "perception" if item % 3 == 1 else "reasoning"
+    if run in ("r0", "r1"):
+        fields["circular_group"] = str(item % 4)
+    if rng.random() < 0.2:
+        fields["unparsed"] = True
+    if item % 2:
+        fields["options"] = {"A": "red", "B": f"blue {item}", "C": "vert clair é"}
+        fields["choice"] = rng.choice("ABC")
+    return fields
+
+
 def random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
     """A messy log: shards, retries, failures after completions, cancellations, alerts."""
     out: list[dict[str, Any]] = []
@@ -78,12 +97,15 @@ def random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
             metrics: dict[str, Any] = {
                 "ttft_ms": rng.choice([None, round(rng.uniform(10, 900), 3)]),
                 "vram_peak_delta_mb": round(rng.uniform(-50, 500), 2)}
-            e = completed(run, item, score=1.0, **metrics)
+            e = completed(run, item, score=1.0, **metrics, **benchmark(rng, run, item))
             e["body"]["score"] = score
             e["key"] = f"{run}/item/{item}/{i}"
             out.append(e)
         elif roll < 0.7:
-            out.append(failed(run, rng.randrange(12), rng.choice(["oom", "timeout"]), attempt=i))
+            item = rng.randrange(12)
+            e = failed(run, item, rng.choice(["oom", "timeout"]), attempt=i)
+            e["body"].update(benchmark(rng, run, item))
+            out.append(e)
         elif roll < 0.78:
             out.append(ev(run, "watchdog.heartbeat",
                           {"host": "h", "pid": 1, "wrapper_pid": 2, "wrapper_state": "running"}))
@@ -145,6 +167,26 @@ def query(log: EventLog, sql: str, *params: Any) -> list[dict[str, Any]]:
         conn.close()
 
 
+def approx_or_none(value: float | None) -> Any:
+    return None if value is None else pytest.approx(value, rel=1e-12)
+
+
+def category_rows(log: EventLog, run: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """`category_summary`'s rows of `run` by (level, category)."""
+    return {(r["level"], r["category"]): {k: r[k] for k in (
+        "items", "accuracy", "circular_groups", "circular_accuracy")}
+        for r in query(log, "SELECT * FROM category_summary WHERE run = ?", run)}
+
+
+def category_table(want: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The summary's ``by_category`` and ``by_l2_category`` as `category_rows` gives them."""
+    return {(level, name): {"items": row["items"], "accuracy": approx_or_none(row["accuracy"]),
+                            "circular_groups": row.get("circular_groups"),
+                            "circular_accuracy": approx_or_none(row.get("circular_accuracy"))}
+            for level in ("category", "l2_category")
+            for name, row in want[f"by_{level}"].items()}
+
+
 def check_agreement(log: EventLog) -> int:
     folded = tracker.fold(log.read())
     runs = {r["run"]: r for r in query(log, "SELECT * FROM runs")}
@@ -161,7 +203,8 @@ def check_agreement(log: EventLog) -> int:
         served = [answers.served(e) for e in kept.values()]
         columns = (*answers.COLUMNS, "seq", "outcome")
         assert [{c: r[c] for c in columns} for r in items] == [
-            {c: (answers._cell(v, False) if isinstance(v, list) else v) for c, v in row.items()}
+            {c: (answers._cell(v, False) if isinstance(v, list | dict) else v)
+             for c, v in row.items()}
             for row in served]
         [ms] = query(log, "SELECT * FROM model_summary WHERE run = ?", run)
         want = summary.summarize(state)
@@ -174,6 +217,10 @@ def check_agreement(log: EventLog) -> int:
         for metric in summary.METRICS:
             for q, _ in summary.QUANTILES:
                 assert ms[f"{metric}_{q}"] == want[metric][q], (run, metric, q)
+        assert (ms["circular_groups"], ms["unparsed"]) == (want["circular_groups"],
+                                                           want["unparsed"]), run
+        assert ms["circular_accuracy"] == approx_or_none(want["circular_accuracy"]), run
+        assert category_rows(log, run) == category_table(want), run
         alerts = query(log, "SELECT kind FROM alerts WHERE run = ? ORDER BY seq", run)
         assert len(alerts) == state.alerts
         assert (alerts[-1]["kind"] if alerts else None) == state.last_alert
@@ -225,7 +272,7 @@ def test_the_views_use_the_summary_percentiles_and_outcome_classes() -> None:
     assert views.CORRECT_AT == answers.CORRECT_AT
 
 
-def test_a_log_made_by_0002_gets_the_views_of_0003_and_0004(tmp_path: Path) -> None:
+def test_a_log_made_by_0002_gets_the_views_of_0003_to_0005(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied REAL)")
@@ -234,7 +281,7 @@ def test_a_log_made_by_0002_gets_the_views_of_0003_and_0004(tmp_path: Path) -> N
             conn.execute(step)
         conn.execute("INSERT INTO migrations VALUES (?, 0)", (name,))
     assert [c[1] for c in conn.execute("PRAGMA table_info(runs)")].count("shards") == 0
-    assert migrate(conn) == ["0003_views", "0004_serving_views"]
+    assert migrate(conn) == ["0003_views", "0004_serving_views", "0005_benchmark_views"]
     conn.close()
     log = make_log(path, [*fixed_events(), ev("b", "run.scheduled", {
         "scheduler": "slurm", "job": "9", "shards": [1], "of": 2, "resume": True})])

@@ -391,6 +391,8 @@ ANSWER_COLUMNS: tuple[str, ...] = (
     "run", "item", "question", "answer", "expected", "score", "ttft_ms", "tpot_ms", "e2e_ms",
     "input_tokens", "output_tokens", "vram_before_mb", "vram_peak_delta_mb", "error",
     "request_start", "energy_j", "kv_cache_peak", "server_running", "server_waiting",
+    "category", "l2_category", "split", "circular_group", "scorer", "choice", "unparsed",
+    "options",
 )
 """The columns of answers.csv, in order: the run, then item fields (of `ItemCompleted`, or
 `ItemOutcome` for a failed item), then `error`. New columns go after ``error``: readers go by

@@ -16,7 +16,6 @@ DATABASE = "vlmd"
 Column = tuple[str, str | None, str]  # name, unit, description
 
 
-
 def _declared(fields: list[catalog.FieldInfo], names: tuple[str, ...] | None = None
               ) -> tuple[Column, ...]:
     """Columns named like catalog fields take the field's unit and meaning from the catalog."""
@@ -26,6 +25,9 @@ def _declared(fields: list[catalog.FieldInfo], names: tuple[str, ...] | None = N
 _ITEM_COLUMNS = _declared(catalog.answer_columns())
 _SERVING_ITEM_COLUMNS = _declared(catalog.fields(catalog.ItemCompleted), (
     "itl_ms", "timing_source", "vram_source", "energy_source"))
+_BENCHMARK_ITEM_COLUMNS = _declared(catalog.fields(catalog.ItemCompleted), ("hint", "judged"))
+_CIRCULAR = ("CircularEval: the share of questions (circular groups) with every rotation "
+             "answered right (score >= 0.5; a failed rotation is not right), 0 to 1")
 _SCRAPE = {f.name: f for f in catalog.fields(catalog.ServerScrape)}
 _GPU = {f.name: f for f in catalog.fields(catalog.Gpu)}
 _SAMPLE_GPU_COLUMNS: tuple[Column, ...] = (
@@ -81,6 +83,7 @@ TABLES: dict[str, tuple[str, str, tuple[Column, ...]]] = {
         ("reason", None, "Failure reason: oom, timeout, backend_error or bad_input"),
         ("shard", None, "The agent's shard (i/n) that produced the row"),
         *_SERVING_ITEM_COLUMNS,
+        *_BENCHMARK_ITEM_COLUMNS,
         ("ts", None, "Producer time of the row's event, Unix seconds"),
         ("seq", None, "Seq of the event the row comes from"),
         ("first_seq", None, "Seq of the item's first event (rows are in this order)"),
@@ -128,10 +131,27 @@ TABLES: dict[str, tuple[str, str, tuple[Column, ...]]] = {
         ("failed", None, "Items failed"),
         ("scored", None, "Completed items with a score"),
         ("accuracy", None, "Mean score of the scored items, 0 to 1"),
+        ("circular_accuracy", None, _CIRCULAR + "; empty for a file that is not circular"),
+        ("circular_groups", None, "Questions (circular groups) with a rotation answered or "
+                                  "failed; 0 for a file that is not circular"),
+        ("unparsed", None, "Multiple-choice answers no rule (nor judge) could read: they "
+                           "score 0"),
         *((f"{m}_{q}", unit, f"{q} of {m} over completed items")
           for m, unit in (("ttft_ms", "ms"), ("tpot_ms", "ms"), ("e2e_ms", "ms"),
                           ("vram_peak_delta_mb", "MiB"))
           for q in ("p50", "p90", "p99")),
+    )),
+    "category_summary": ("Accuracy by category", "Per run and category (MMBench's table): "
+                         "the scored items and their accuracy, and for a circular file "
+                         "CircularEval's; as the run summary's by_category and by_l2_category.", (
+        ("run", None, "Run id"),
+        ("level", None, "category (the item's category) or l2_category (the coarser one above "
+                        "it)"),
+        ("category", None, "The category's name"),
+        ("items", None, "Its completed items with a score"),
+        ("accuracy", None, "Their mean score, 0 to 1; empty when none completed"),
+        ("circular_groups", None, "Its questions (circular groups), for a circular file"),
+        ("circular_accuracy", None, _CIRCULAR + ", over its questions"),
     )),
 }
 

@@ -11,7 +11,7 @@ import sqlite3
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from vlmd.store import views, views_0002
+from vlmd.store import views, views_0002, views_0005
 
 Migration = tuple[str, tuple[str, ...]]
 
@@ -40,6 +40,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     # items gains the serving columns (request_start, energy_j, the engine's KV cache and queue,
     # itl_ms, the clocks); server_samples shows the engine's /metrics reads
     ("0004_serving_views", views.STATEMENTS_0004),
+    # items gains the item's category, split, circular group, scorer, options and reading;
+    # model_summary CircularEval's accuracy and the unparsed answers; category_summary is new
+    ("0005_benchmark_views", views_0005.STATEMENTS),
 )
 
 

@@ -13,8 +13,9 @@ Migration ``0003_views`` drops the `REPLACED` views of 0002 and creates `STATEME
 ``0004_serving_views`` replaces `items` with `ITEMS_0004` (the serving columns: when each
 request started, its energy, the engine's KV cache and queue, the ITL gaps, the clocks and
 sources) and adds `SERVER_SAMPLES` (the engine's /metrics reads, the twin of
-`vlmd.projections.gpus.server_rows`). Never edit a statement once shipped: to change a view,
-freeze these (as `views_0002` is) and add a migration.
+`vlmd.projections.gpus.server_rows`); ``0005_benchmark_views`` (`vlmd.store.views_0005`)
+extends `items` and `model_summary` and adds `category_summary`. Never edit a statement once
+shipped: to change a view, freeze these (as `views_0002` is) and add a migration.
 """
 
 from __future__ import annotations
@@ -268,5 +269,5 @@ ORDER BY e.seq, s.key"""
 STATEMENTS_0004: tuple[str, ...] = ("DROP VIEW items", ITEMS_0004, SERVER_SAMPLES)
 
 VIEWS: tuple[str, ...] = ("runs", "items", "samples", "alerts", "model_summary",
-                          "server_samples")
+                          "server_samples", "category_summary")
 """Every view's name."""
