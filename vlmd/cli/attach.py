@@ -1,5 +1,6 @@
 """Attached to a run from a terminal: the progress bar with Ctrl-C handled, the end of a run
-said in full (how it ended, why, its commonest item errors), and the exit status it earns.
+said in full (how it ended, why, its commonest item errors, its accuracy by category and
+CircularEval's), and the exit status it earns.
 
 Ctrl-C while following (`watch`): the run does not stop with the command. On a terminal the
 command asks whether to cancel it (a second Ctrl-C says yes); otherwise it says so, and a
@@ -123,4 +124,38 @@ def ending_lines(state: dict[str, Any]) -> list[str]:
             f"{source} ({_count(n, 'item')})" for source, n in sources.items()))
     if note := summary.get("vram_note"):
         lines.append(f"  VRAM: {note}")
+    return lines + benchmark_lines(summary)
+
+
+def _acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def benchmark_lines(summary: dict[str, Any]) -> list[str]:
+    """The benchmark's table from a run's summary: CircularEval's accuracy (a circular file),
+    the unparsed answers, and the accuracy per category and per l2-category, by name (items:
+    the completed items with a score; CIRCULAR: CircularEval's accuracy over the category's
+    questions)."""
+    lines = []
+    circular = bool(summary.get("circular_groups"))
+    if circular:
+        lines.append(f"  circular accuracy: {_acc(summary.get('circular_accuracy'))} over "
+                     f"{_count(summary['circular_groups'], 'question')} (every rotation right; "
+                     f"accuracy over items: {_acc(summary.get('accuracy'))})")
+    if unparsed := summary.get("unparsed"):
+        lines.append(f"  unparsed: {_count(unparsed, 'answer')} named no option (scored 0)")
+    for level, title in (("by_category", "CATEGORY"), ("by_l2_category", "L2_CATEGORY")):
+        table = summary.get(level) or {}
+        if not table:
+            continue
+        head = [title, "ITEMS", "ACCURACY"] + (["CIRCULAR", "QUESTIONS"] if circular else [])
+        names = sorted(table, key=lambda name: (name.casefold(), name))
+        rows = [[name, str(table[name]["items"]), _acc(table[name]["accuracy"])]
+                + ([_acc(table[name].get("circular_accuracy")),
+                    str(table[name].get("circular_groups", 0))] if circular else [])
+                for name in names]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        lines += ["  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                                   for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
+                  for r in [head, *rows]]
     return lines
