@@ -55,8 +55,27 @@ EXPECTED: dict[str, tuple[str, str | None, int, int, int | None, dict[str, str],
     "g-lost-back": ("running", None, 2, 0, 10, {"0/1": "running"}, None),
     "g-lost": ("stalled", None, 2, 0, 6, {"0/1": "running"}, None),
     "g-restarted": ("running", None, 2, 0, 2, {"0/1": "running"}, None),
+    "g-circular": ("finished", "finished", 7, 0, 7, {"0/1": "finished"}, None),
     "g-waiting": ("submitted", None, 0, 0, 8, {}, None),
 }
+
+# The benchmark's table as the fold must decide it: (accuracy, circular accuracy, circular
+# questions, unparsed answers, by_category, by_l2_category).
+BENCHMARK: dict[str, tuple[Any, ...]] = {
+    "g-fail-then-ok": (0.75, None, 0, 0, {"OCR": {"items": 2, "accuracy": 0.75},
+                                          "celebrity": {"items": 0, "accuracy": None}}, {}),
+    "g-circular": (6 / 7, 2 / 3, 3, 1, {
+        "attribute": {"items": 5, "accuracy": 0.8, "circular_groups": 2,
+                      "circular_accuracy": 0.5},
+        "counting": {"items": 2, "accuracy": 1.0, "circular_groups": 1,
+                     "circular_accuracy": 1.0}}, {
+        "perception": {"items": 5, "accuracy": 0.8, "circular_groups": 2,
+                       "circular_accuracy": 0.5},
+        "reasoning": {"items": 2, "accuracy": 1.0, "circular_groups": 1,
+                      "circular_accuracy": 1.0}}),
+}
+BENCHMARK_FIELDS = ("accuracy", "circular_accuracy", "circular_groups", "unparsed",
+                    "by_category", "by_l2_category")
 
 Reading = dict[str, dict[str, Any]]
 """Per run: its row ("run"), its item rows by item ("items"), its summary ("summary")."""
@@ -134,12 +153,30 @@ def read_datasette(url: str) -> Reading:
         out[item["run"]]["items"][item["item"]] = item
     for ms in rows("model_summary"):
         out[ms["run"]]["summary"] = ms
+    for run in out.values():
+        run["categories"] = {}
+    for c in rows("category_summary"):
+        out[c["run"]]["categories"][(c["level"], c["category"])] = {
+            k: c[k] for k in ("items", "accuracy", "circular_groups", "circular_accuracy")}
     return out
 
 
+def approx(value: Any) -> Any:
+    return value if value is None else pytest.approx(value, rel=1e-12)
+
+
+def category_table(summary_: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The fold's by_category and by_l2_category as category_summary's rows hold them."""
+    return {(level, name): {"items": e["items"], "accuracy": approx(e["accuracy"]),
+                            "circular_groups": e.get("circular_groups"),
+                            "circular_accuracy": approx(e.get("circular_accuracy"))}
+            for level in ("category", "l2_category")
+            for name, e in summary_[f"by_{level}"].items()}
+
+
 def _cell(value: Any) -> Any:
-    """A value as an SQL view holds it (arrays are JSON text)."""
-    return answers._cell(value, False) if isinstance(value, list) else value
+    """A value as an SQL view holds it (arrays and objects are JSON text)."""
+    return answers._cell(value, False) if isinstance(value, list | dict) else value
 
 
 def test_the_fold_decides_the_hard_paths(golden_log: Path) -> None:
@@ -148,6 +185,10 @@ def test_the_fold_decides_the_hard_paths(golden_log: Path) -> None:
     got = {run: tuple(r["run"][f] for f in ("status", "outcome", "done", "failed", "total",
                                              "shards", "reason")) for run, r in fold.items()}
     assert got == EXPECTED
+    benchmark = {run: tuple(r["summary"][f] for f in BENCHMARK_FIELDS) for run, r in fold.items()
+                 if r["summary"]["by_category"]}
+    assert benchmark == BENCHMARK
+    assert fold["g-circular"]["run"]["circular_accuracy"] == 2 / 3  # every row carries it
     kinds = {e["kind"] for e in corpus()}
     assert kinds >= wire.KINDS and any(k.startswith("alert.") for k in kinds)
 
@@ -171,6 +212,10 @@ def test_the_sql_views_agree_with_the_fold(golden_log: Path, datasette_url: str)
         for metric in summary.METRICS:
             for q, _ in summary.QUANTILES:
                 assert ms[f"{metric}_{q}"] == mine["summary"][metric][q], (run, metric, q)
+        assert (ms["circular_groups"], ms["unparsed"]) == (
+            mine["summary"]["circular_groups"], mine["summary"]["unparsed"]), run
+        assert ms["circular_accuracy"] == approx(mine["summary"]["circular_accuracy"]), run
+        assert theirs["categories"] == category_table(mine["summary"]), run
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +250,32 @@ READ_ROW = """(el) => ({
          last_alert: el.querySelector(".alerts").title || null}})"""
 READ_ITEMS = """() => [...document.querySelectorAll("#answers-table tbody tr[data-item]")].map(
   (tr) => ({item: tr.dataset.item, outcome: tr.dataset.outcome, seq: Number(tr.dataset.seq),
-            cells: Object.fromEntries([...tr.children].slice(0, -1).map((td, i) => [
-              document.querySelectorAll("#answers-table th[data-key]")[i].dataset.key,
-              td.textContent]))}))"""
+            cells: Object.fromEntries([...tr.querySelectorAll("td[data-key]")].map((td) => [
+              td.dataset.key, td.textContent]))}))"""
+
+
+READ_CATEGORIES = """() => {
+  const section = document.getElementById("categories");
+  return {hidden: section.hidden, level: section.querySelector(".category-bars").dataset.level,
+          rows: [...section.querySelectorAll(".cat-row")].map((li) => ({
+            name: li.dataset.category, items: Number(li.dataset.items),
+            accuracy: li.dataset.accuracy === "" ? null : Number(li.dataset.accuracy),
+            circular_accuracy: li.dataset.circularAccuracy === "" ? null
+              : Number(li.dataset.circularAccuracy),
+            circular_groups: li.dataset.circularGroups === "" ? null
+              : Number(li.dataset.circularGroups),
+            text: li.querySelector(".cat-accuracy").textContent}))};
+}"""
+
+
+def read_categories(page: Page) -> dict[str, Any]:
+    """The run page's category chart at each level it offers (category, then l2_category)."""
+    shown = {"category": page.evaluate(READ_CATEGORIES)}
+    if page.is_visible("#categories .category-level"):
+        page.select_option("#categories .category-level", "l2_category")
+        shown["l2_category"] = page.evaluate(READ_CATEGORIES)
+        page.select_option("#categories .category-level", "category")
+    return shown
 
 
 def pct(value: float | None) -> str:
@@ -228,9 +296,13 @@ def read_browser(page: Page, url: str, runs: list[str]) -> Reading:
         # histograms are redrawn at most every 250 ms)
         page.wait_for_function(f"""(() => {{ const m = window.vlmd && window.vlmd.model;
             return m && m.row && m.row.run === "{run}" && m.summary
-                && !m.dirty.head && !m.dirty.answers; }})()""")
+                && !m.dirty.head && !m.dirty.answers && !m.dirty.summary; }})()""")
         head = page.eval_on_selector("#run-head", READ_ROW)
         out[run]["head"] = head
+        out[run]["circular"] = page.eval_on_selector("#run-head", """(el) => ({
+            value: el.dataset.circularAccuracy, text: el.querySelector(".circular-accuracy")
+              .textContent, hidden: el.querySelector(".circular-figure").hidden})""")
+        out[run]["categories"] = read_categories(page)
         out[run]["items"] = {r["item"]: r for r in page.evaluate(READ_ITEMS)}
         out[run]["p50"] = page.eval_on_selector("#hist-ttft", "(el) => el.dataset.p50")
     return out
@@ -271,6 +343,31 @@ def test_the_dashboard_shows_what_the_fold_decides(golden_log: Path, golden_daem
             assert got["cells"]["error"] == (want["error"] or ""), (run, item)
             assert got["cells"]["score"] == (
                 "—" if want["score"] is None else f"{want['score']:.2f}"), (run, item)
+            assert got["cells"]["question"] == (want["question"] or ""), (run, item)
+            assert got["cells"]["category"] == (want["category"] or ""), (run, item)
+            assert got["cells"]["options"] == " · ".join(
+                f"{letter}. {text}" for letter, text in (want["options"] or {}).items())
+        check_benchmark(shown[run], mine)
         p50 = mine["summary"]["ttft_ms"]["p50"]
         assert shown[run]["p50"] == ("" if p50 is None else repr(float(p50)).removesuffix(
             ".0")), run
+
+
+def check_benchmark(shown: dict[str, Any], mine: dict[str, Any]) -> None:
+    """The run page's circular accuracy and category bars are the fold's."""
+    s, circular = mine["summary"], mine["run"]["circular_accuracy"]
+    assert shown["circular"] == {"value": "" if circular is None else repr(circular),
+                                 "text": pct(circular), "hidden": circular is None}
+    levels = {level: s[f"by_{level}"] for level in ("category", "l2_category")
+              if s[f"by_{level}"]}
+    assert shown["categories"]["category"]["hidden"] == (not levels)
+    for level, table in levels.items():
+        got = shown["categories"][level]
+        assert got["level"] == level
+        assert [r["name"] for r in got["rows"]] == sorted(table, key=str.casefold)  # by name
+        for r in got["rows"]:
+            e = table[r["name"]]
+            assert (r["items"], r["accuracy"], r["text"]) == (
+                e["items"], e["accuracy"], pct(e["accuracy"])), r
+            assert (r["circular_accuracy"], r["circular_groups"]) == (
+                e.get("circular_accuracy"), e.get("circular_groups")), r

@@ -47,11 +47,13 @@ class Run:
         return self.add("run.started", body)
 
     def done(self, item: str | int, score: float | None = 1.0, ttft: float = 100.0,
-             shard: str | None = None, answer: str = "B") -> Run:
+             shard: str | None = None, answer: str = "B", **extra: Any) -> Run:
+        """A completed item; `extra` adds body fields (its benchmark fields)."""
         body: dict[str, Any] = {
             "item": item, "answer": answer, "expected": "B", "question": f"what is {item}?",
             "ttft_ms": ttft, "tpot_ms": ttft / 10, "e2e_ms": ttft * 3, "input_tokens": 64,
-            "output_tokens": 9, "vram_before_mb": 1000.0, "vram_peak_delta_mb": ttft / 4}
+            "output_tokens": 9, "vram_before_mb": 1000.0, "vram_peak_delta_mb": ttft / 4,
+            **extra}
         if score is not None:
             body["score"] = score
         if shard:
@@ -66,9 +68,9 @@ class Run:
                         gap=0.25)
 
     def fail(self, item: str | int, reason: str = "oom", message: str = "CUDA out of memory",
-             shard: str | None = None) -> Run:
+             shard: str | None = None, **extra: Any) -> Run:
         body: dict[str, Any] = {"item": item, "reason": reason, "message": message,
-                                "question": f"what is {item}?"}
+                                "question": f"what is {item}?", **extra}
         if shard:
             body["shard"] = shard
         return self.add("item.failed", body, gap=0.5)
@@ -125,11 +127,13 @@ def completes_then_fails_on_retry(r: Run) -> None:
 
 def fails_then_completes(r: Run) -> None:
     """A failed item that completes on a retry counts as done, once; an item that fails twice
-    keeps its latest failure; an item completed twice keeps its latest answer."""
+    keeps its latest failure; an item completed twice keeps its latest answer. Categories, no
+    circular file: a category whose only item failed has no accuracy."""
     r.submitted(total=3).started(3)
-    r.fail(7, "oom").done("7", score=0.5, ttft=210.0)  # an integer id and its string are one
-    r.fail("x", "oom").fail("x", "timeout", "again: no answer in 60 s")
-    r.done("y", score=0.0, ttft=50.0, answer="A").done("y", score=1.0, ttft=60.0)
+    r.fail(7, "oom", category="OCR").done("7", score=0.5, ttft=210.0, category="OCR")
+    r.fail("x", "oom").fail("x", "timeout", "again: no answer in 60 s", category="celebrity")
+    r.done("y", score=0.0, ttft=50.0, answer="A", category="OCR")
+    r.done("y", score=1.0, ttft=60.0, category="OCR")
     r.sample(16000.0, batch=3).end("finished")
 
 
@@ -216,6 +220,36 @@ def restarted_after_finishing(r: Run) -> None:
     r.submitted(total=2).started(2).done(1).end("finished").started(2).done(2, score=0.25)
 
 
+def rotation(question: int, k: int, category: str, l2: str) -> dict[str, Any]:
+    """Rotation `k` of an MMBench question (index question + k x 1,000,000, VLMEvalKit's
+    convention): its options turned by k (the right one, option 1, moves from B to A to C),
+    its benchmark fields."""
+    texts = [f"{category} option {n}" for n in range(3)]
+    turned = texts[k:] + texts[:k]
+    return {"category": category, "l2_category": l2, "split": "dev", "scorer": "mcq",
+            "hint": f"hint of question {question}", "circular_group": str(question),
+            "options": dict(zip("ABC", turned, strict=True)), "expected": "BAC"[k]}
+
+
+def circular_mmbench(r: Run) -> None:
+    """A circular MMBench file: each question asked three times, its options rotated. 6 of 7
+    rotations are right, but CircularEval credits a question only when all its rotations are:
+    question 2 has one wrong (an answer no rule could read: unparsed), question 3's failed
+    rotation is answered by a retry."""
+    r.submitted(total=7, name="mmbench-circular").started(7)
+    for k in range(3):
+        r.done(1 + k * 1_000_000, answer="BAC"[k], choice="BAC"[k],
+               **rotation(1, k, "attribute", "perception"))
+    r.done(2, answer="B", choice="B", **rotation(2, 0, "attribute", "perception"))
+    r.done(1_000_002, score=0.0, answer="I cannot tell", unparsed=True,
+           **rotation(2, 1, "attribute", "perception"))
+    r.done(3, answer="(B)", choice="B", **rotation(3, 0, "counting", "reasoning"))
+    r.fail(1_000_003, "timeout", "no answer in 60 s", **rotation(3, 1, "counting", "reasoning"))
+    r.done(1_000_003, answer="A", choice="A", ttft=130.0,
+           **rotation(3, 1, "counting", "reasoning"))
+    r.end("finished")
+
+
 def never_started(r: Run) -> None:
     """Submitted, never started."""
     r.submitted(total=8, name="waiting")
@@ -234,6 +268,7 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
     "g-lost-back": agent_lost_then_back,
     "g-lost": agent_lost,
     "g-restarted": restarted_after_finishing,
+    "g-circular": circular_mmbench,
     "g-waiting": never_started,
 }
 

@@ -14,6 +14,8 @@ export const RUN_LAYOUT = `
     <div><dt>items/s</dt><dd class="rate">—</dd></div>
     <div><dt>ETA</dt><dd class="eta">—</dd></div>
     <div><dt>accuracy</dt><dd class="accuracy">—</dd></div>
+    <div class="circular-figure" hidden><dt title="CircularEval: a question counts only when every rotation of it is right">circular accuracy</dt>
+      <dd class="circular-accuracy">—</dd></div>
     <div><dt>alerts</dt><dd class="alerts">0</dd></div>
     <div><dt>J / correct</dt><dd class="joules">—</dd></div>
     <div><dt>KV peak</dt><dd class="kv-peak">—</dd></div>
@@ -23,6 +25,15 @@ export const RUN_LAYOUT = `
   <div class="links"><a id="csv-link" href="#">answers.csv</a>
     <a id="datasette-link" href="#" hidden>events in Datasette</a>
     <a id="other-link" href="#"></a></div>
+</section>
+<section id="categories" class="card" hidden>
+  <div class="category-head"><h2>Accuracy by category</h2>
+    <select class="category-level" hidden><option value="category">category</option>
+      <option value="l2_category">L2 category</option></select>
+    <span class="sub">sort by</span><button data-sort="name">name</button>
+    <button data-sort="accuracy">accuracy</button><button data-sort="items">items</button></div>
+  <p class="sub category-note"></p>
+  <ol class="category-bars"></ol>
 </section>
 <section class="charts">
   <p id="no-gpu" class="empty" hidden>No GPU on this host: the agents' samples name none, so

@@ -2,7 +2,8 @@
 // reason, phase), shared by the runs table and the run/replay pages, from the run's row as the
 // daemon serves it. Every figure lives in an element with a stable class inside
 // `[data-run="RUN"]`, and the container carries the row's values as data attributes too
-// (data-done, -failed, -total, -status, -outcome, -accuracy, -alerts, -reason, -shards).
+// (data-done, -failed, -total, -status, -outcome, -accuracy, -alerts, -reason, -shards, and
+// -circular-accuracy where the page shows it).
 // The badge says how an ended run ended (the row's `outcome`: a run that finished with failed
 // items is not a green "finished"); before the first items, `phase` says what the agents do.
 // Joules per correct answer and the KV-cache peak show where the page has a place for them.
@@ -75,6 +76,13 @@ export function updateRunFields(el, row) {
   setText(q("rate"), row.rate ? fmt(row.rate, 2) : "—");
   setText(q("eta"), fmtDuration(row.eta_s));
   setText(q("accuracy"), fmtPct(row.accuracy));
+  // CircularEval's accuracy, for a circular file (MMBench's), where the page has a place for it
+  const circular = q("circular-accuracy");
+  if (circular) {
+    el.dataset.circularAccuracy = row.circular_accuracy ?? "";
+    setText(circular, fmtPct(row.circular_accuracy));
+    q("circular-figure").hidden = row.circular_accuracy === null || row.circular_accuracy === undefined;
+  }
   // the fold's figures of energy (na: a GPU without an energy counter) and the engine's KV cache
   setText(q("joules"), row.energy_source === "na" ? "na" : fmt(row.joules_per_correct, 1));
   setText(q("kv-peak"), fmtPct(row.kv_cache_peak));
