@@ -55,6 +55,10 @@ class RunSubmitted(Body, kw_only=True, frozen=True):
                                                      "demo:NAME)")]
     dataset: Annotated[str, Meta(max_length=4096), doc("Dataset path or name")]
     total: Annotated[Count | None, doc("Items in the run, when known at submission")] = None
+    dataset_sha256: Annotated[Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None,
+                              doc("SHA-256 of the dataset's content as vlmd read it at "
+                                  "submission: of its file, or of its shards' digests in "
+                                  "reading order (docs/DATASETS.md)")] = None
     name: Annotated[Annotated[str, Meta(pattern=RUN_PATTERN)] | None,
                     doc("A human name for the run")] = None
     config: Annotated[dict[str, Any] | None, doc("The launch options, as submitted")] = None

@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vlmd.launch.launcher import EVALUATION_OPTIONS, SERVING, LaunchSpec
 from vlmd_agent import wire
@@ -192,12 +192,20 @@ def _judge(spec: str) -> None:
                          "OpenAI-compatible server)")
 
 
-def preflight(spec: LaunchSpec) -> int:
+class Checked(NamedTuple):
+    """What `preflight` found: the run's item count and its dataset's `content_hash`."""
+
+    total: int
+    dataset_sha256: str
+
+
+def preflight(spec: LaunchSpec) -> Checked:
     """Check that `spec` can work before any agent starts (blocking: run it in a thread): the
     model SPEC reads well (a ``demo:`` name exists), the model answers or loads
     (`vlmd_agent.evaluate.preflight.check_model`; a submission with ``preflight`` off skips
     this, for servers without ``/v1/models`` or folders only the agents' hosts have) and the
-    dataset is valid. Returns the run's item count.
+    dataset is valid. Returns the run's item count and the dataset's content hash (what
+    comparisons of runs go by: `vlmd.projections.compare`).
 
     Raises SubmitError saying what to fix.
     """
@@ -206,16 +214,40 @@ def preflight(spec: LaunchSpec) -> int:
             pre.check_model(spec.model, api_key_env=spec.serving.get("api_key_env"))
         else:
             pre.parse_spec(spec.model)
-        return pre.check_dataset(spec.dataset, spec.limit, spec.columns)
+        total = pre.check_dataset(spec.dataset, spec.limit, spec.columns)
+        return Checked(total, dataset_hash(spec.dataset))
     except pre.PreflightError as e:
         raise SubmitError(str(e)) from None
     except ValueError as e:  # parse_spec's
         raise SubmitError(f"model: {e}") from None
 
 
-def submitted_event(spec: LaunchSpec, total: int | None = None) -> dict[str, Any]:
+def dataset_hash(path: str) -> str:
+    """The dataset's `datasets.content_hash` (blocking); SubmitError when it cannot be read."""
+    try:
+        return datasets.content_hash(path)
+    except datasets.DatasetError as e:
+        raise SubmitError(f"dataset: {e}") from None
+    except OSError as e:
+        raise SubmitError(f"dataset: {path}: cannot read it ({e.strerror or e})") from None
+
+
+def check_unchanged(dataset: str, recorded: str | None) -> None:
+    """Before a run is resumed (blocking): its dataset still has the content hash its
+    submission `recorded` (if it recorded one), so the run's items all come from one dataset.
+    Raises SubmitError saying what changed."""
+    if recorded is None:
+        return
+    now = dataset_hash(dataset)
+    if now != recorded:
+        raise SubmitError(f"dataset: {dataset} changed since the run was submitted (sha256 "
+                          f"{recorded[:12]}..., now {now[:12]}...): resuming would mix two "
+                          "datasets' answers; submit a new run")
+
+
+def submitted_event(spec: LaunchSpec, checked: Checked | None = None) -> dict[str, Any]:
     """The ``run.submitted`` envelope that records the submission in the log (with the item
-    count when `preflight` found it)."""
+    count and the dataset's content hash when `preflight` found them)."""
     body: dict[str, Any] = {
         "model": spec.model, "dataset": spec.dataset, "shards": spec.shards,
         "config": {"limit": spec.limit, "max_new_tokens": spec.max_new_tokens,
@@ -225,6 +257,6 @@ def submitted_event(spec: LaunchSpec, total: int | None = None) -> dict[str, Any
                    **{k: v for k in EVALUATION_OPTIONS if (v := getattr(spec, k)) is not None}}}
     if spec.options.get("name"):
         body["name"] = spec.options["name"]
-    if total is not None:
-        body["total"] = total
+    if checked is not None:
+        body["total"], body["dataset_sha256"] = checked
     return wire.envelope(spec.run, "run.submitted", body, key=f"{spec.run}/submitted")

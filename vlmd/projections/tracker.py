@@ -93,6 +93,7 @@ class RunState:
     name: str | None = None
     model: str | None = None
     dataset: str | None = None
+    dataset_sha256: str | None = None  # the dataset's content hash, as read at submission
     submitted_total: int | None = None
     shard_totals: dict[str, int] = field(default_factory=dict)
     shards: dict[str, str] = field(default_factory=dict)
@@ -191,8 +192,8 @@ class RunState:
         the per-item data."""
         return {
             "run": self.run, "name": self.name, "model": self.model, "dataset": self.dataset,
-            "status": self.status, "done": self.done, "failed": self.failed,
-            "total": self.total, "accuracy": self.accuracy,
+            "dataset_sha256": self.dataset_sha256, "status": self.status, "done": self.done,
+            "failed": self.failed, "total": self.total, "accuracy": self.accuracy,
             "circular_accuracy": self.circular_accuracy, "rate": self.rate, "eta_s": self.eta_s,
             "submitted_at": self.submitted_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "last_event_at": self.last_event_at,
@@ -228,7 +229,7 @@ class Tracker:
 
 def _submitted(s: RunState, e: Event, t: Tracker) -> None:
     b = cast(RunSubmitted, e.body)
-    s.model, s.dataset = b.model, b.dataset
+    s.model, s.dataset, s.dataset_sha256 = b.model, b.dataset, b.dataset_sha256
     if b.total is not None:  # an optional field sent as null is not there
         s.submitted_total = b.total
     s.submitted_at = e.ts

@@ -156,11 +156,11 @@ class Api:
             why = e.strerror if isinstance(e, OSError) else str(e)
             raise ApiError(422, f"dataset: cannot use that path ({why})") from None
         try:
-            total = await trio.to_thread.run_sync(submit.preflight, spec)
+            checked = await trio.to_thread.run_sync(submit.preflight, spec)
         except submit.SubmitError as e:
             raise ApiError(422, str(e)) from None
         name = spec.options.get("name")
-        event = submit.submitted_event(spec, total)
+        event = submit.submitted_event(spec, checked)
         event["body"]["config"]["launcher"] = self.launcher.kind
         await self.live.append([event])
         await self.launcher.launch(spec)
@@ -197,6 +197,11 @@ class Api:
         except (submit.SubmitError, OSError, RuntimeError) as e:
             raise ApiError(422, f"run {state.run}: its submission cannot be started again: "
                                 f"{e}") from None
+        try:
+            await trio.to_thread.run_sync(submit.check_unchanged, spec.dataset,
+                                          state.dataset_sha256)
+        except submit.SubmitError as e:
+            raise ApiError(409, f"run {state.run}: {e}") from None
         todo = [i for i in range(spec.shards)
                 if state.shards.get(f"{i}/{spec.shards}") != "finished"]
         if not todo:

@@ -15,6 +15,7 @@ integer id belongs to the group ``id % 1,000,000``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ from vlmd_agent.evaluate.schemas import parse_columns
 from vlmd_agent.wire import MAX_ID
 
 __all__ = ["CIRCULAR_STEP", "SCORERS", "Dataset", "DatasetError", "Item", "check_template",
-           "load", "parse_columns", "shard", "source_files"]
+           "content_hash", "load", "parse_columns", "shard", "source_files"]
 
 SCORERS = ("mcq", "exact", "vqa", "anls", "relaxed")
 CIRCULAR_STEP = 1_000_000
@@ -153,6 +154,22 @@ def source_files(path: str | os.PathLike[str]) -> list[Path]:
     if where.suffix.lower() in (*_JSONL_SUFFIXES, ".tsv") or not hub.is_hub(where):
         return [where]
     return hub.files(where)
+
+
+def content_hash(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 (hex) of a dataset's content: of its one file, as ``sha256sum FILE`` prints
+    it; of several (a hub dataset's shards) the SHA-256 of their digests, one hex line each in
+    the order they are read (`source_files`), as ``sha256sum FILES | cut -d' ' -f1 | sha256sum``
+    prints it: renaming a shard keeps it, reordering or editing one changes it. The images a
+    JSONL file names by path are not part of it. DatasetError as `source_files`; OSError when a
+    file cannot be read."""
+    digests = []
+    for name in source_files(path):
+        with open(name, "rb") as f:
+            digests.append(hashlib.file_digest(f, "sha256").hexdigest())
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("".join(f"{d}\n" for d in digests).encode()).hexdigest()
 
 
 def shard(items: Sequence[Item], index: int, count: int) -> tuple[Item, ...]:
