@@ -295,55 +295,6 @@ def test_reconnects_after_the_daemon_is_killed_and_shows_the_right_totals(
                 d.stop()
 
 
-def test_compare_page_marks_the_pareto_front(tmp_path: Path, page: Page) -> None:
-    d = start_daemon(tmp_path / "vlmd.db")
-    try:
-        # (run, accuracy, TTFT ms, seconds between items): A and B are on the front, C is not.
-        figures = [("A", 0.9, 100.0, 0.1), ("B", 0.8, 50.0, 1.0), ("C", 0.7, 120.0, 0.2)]
-        # energy per correct answer: A spends 100 J on 9 right, B 60 J on 8, C's GPU cannot say
-        energy = {"A": serving_samples("A", T0 + 15, 5, joules=50.0, kv=[0.5]),
-                  "B": serving_samples("B", T0 + 1015, 5, joules=30.0, kv=[0.5]),
-                  "C": ev("C", "watchdog.sample", {"host": "h1", "model_gpus": [0], "samples": [
-                      {**sample(T0 + 2015, 0), "gpus": [{"index": 0, "energy_j": None}]}]},
-                      T0 + 2016)}
-        for k, (run, acc, ttft, gap) in enumerate(figures):
-            t = T0 + 1000 * k
-            right = round(acc * 10)
-            post(d, [*begin(run, 10, ts=t, model=f"demo:{run.lower()}"),
-                     *(done(run, i, t + 1 + gap * (i + 1), score=float(i < right), ttft=ttft)
-                       for i in range(10)), energy[run], ev(run, "run.finished", {}, t + 20)])
-        page.goto(f"{d.url}/compare.html")
-        table = page.locator("#compare-table")
-        for run, on_front in (("A", "true"), ("B", "true"), ("C", "false")):
-            expect(table.locator(f'tr[data-run="{run}"]')).to_have_attribute(
-                "data-pareto", on_front)
-            expect(page.locator(f'#scatter circle[data-run="{run}"]')).to_have_attribute(
-                "data-pareto", on_front)
-        expect(table.locator('tr[data-run="A"] .accuracy')).to_have_text("90.0%")
-        shot(page, "compare")
-
-        page.select_option("#metric", "items_per_s")  # higher is better: A beats B and C
-        expect(table.locator('tr[data-pareto="true"]')).to_have_count(1)
-        expect(table.locator('tr[data-run="A"]')).to_have_attribute("data-pareto", "true")
-
-        page.select_option("#metric", "joules")
-        expect(table.locator('tr[data-run="A"] .joules')).to_have_text("11.1")
-        expect(table.locator('tr[data-run="B"] .joules')).to_have_text("7.5")
-        expect(table.locator('tr[data-run="C"] .joules')).to_have_text("na")
-        expect(page.locator("#scatter")).to_have_attribute("data-points", "2")
-        expect(table.locator('tr[data-run="A"]')).to_have_attribute("data-pareto", "true")
-        expect(table.locator('tr[data-run="B"]')).to_have_attribute("data-pareto", "true")
-
-        page.select_option("#metric", "ttft_p50")
-        t = T0 + 5000
-        post(d, [*begin("D", 4, ts=t), *(done("D", i, t + 1 + i, ttft=200.0) for i in range(4))])
-        expect(table.locator('tr[data-run="D"]')).to_have_attribute("data-pareto", "true")
-        expect(table.locator('tr[data-pareto="true"]')).to_have_count(3)
-        expect(page.locator("#conn-status")).to_have_text("live")
-    finally:
-        d.stop()
-
-
 def test_replay_plays_a_past_run_to_its_final_totals(shared: DaemonProcess, page: Page) -> None:
     run = "replayed"
     t = T0 + 200

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.events import T0, completed, ev, finished, started, stored, submitted
-from vlmd.cli.follow import report_table
+from vlmd.cli.report import report_table
 from vlmd.projections import summary, tracker
 
 
@@ -86,11 +86,12 @@ def test_the_report_shows_joules_per_correct_answer_and_says_na() -> None:
     remote = {**base, "name": "remote", "energy_source": None, "energy_j": None,
               "joules_per_correct": None}
     lines = report_table([base, na, remote]).splitlines()
-    head = lines[0].split()
+    assert lines[0].startswith("dataset ")  # one dataset: one table
+    head = lines[1].split()
     assert head[-2:] == ["J_PER_CORRECT", "KV_PEAK"]
-    assert lines[1].split()[-2:] == ["130.0", "50%"]
-    assert lines[2].split()[-2:] == ["na", "-"]
-    assert lines[3].split()[-2:] == ["-", "50%"]
+    assert lines[2].split()[-2:] == ["130.0", "50%"]
+    assert lines[3].split()[-2:] == ["na", "-"]
+    assert lines[4].split()[-2:] == ["-", "50%"]
 
 
 def test_samples_logged_before_the_start_or_after_the_end_count_for_their_part_of_the_run() -> None:

@@ -13,7 +13,7 @@ import trio
 
 from vlmd.cli.base import CliError, command
 from vlmd.cli.client import Client
-from vlmd.cli.follow import report_table
+from vlmd.cli.report import report_table
 from vlmd.config import Config
 from vlmd.launch import kube, submit
 from vlmd.launch.launcher import LaunchSpec

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any, TextIO
 
 import trio
@@ -103,47 +102,3 @@ async def follow(ws_url: str, run: str, after: int, out: TextIO = sys.stderr, *,
                         return row
         except (Closed, OSError):
             await trio.sleep(0.5)  # vlmd restarting, or we were too slow: resume after `last`
-
-
-def _ms(stats: dict[str, Any], key: str) -> str:
-    value = stats.get(key)
-    return "-" if value is None else f"{value:.1f}"
-
-
-def _joules(run: dict[str, Any]) -> str:
-    """Joules per correct answer: "na" where a GPU has no energy counter, "-" where none was
-    measured (a remote server, no GPU, nothing correct yet)."""
-    if run.get("energy_source") == "na":
-        return "na"
-    value = run.get("joules_per_correct")
-    return "-" if value is None else f"{value:.1f}"
-
-
-def report_table(runs: Sequence[dict[str, Any]]) -> str:
-    """The accuracy/efficiency comparison of runs (as `GET /api/runs/{run}` returns them).
-
-    A ``*`` marks runs on the Pareto front of accuracy against TTFT p50 (no other run is at
-    least as accurate and faster).
-    """
-    rows = []
-    points = [(r["summary"]["accuracy"], r["summary"]["ttft_ms"]["p50"]) for r in runs]
-    for r, (acc, ttft) in zip(runs, points, strict=True):
-        s = r["summary"]
-        front = acc is not None and ttft is not None and not any(
-            a is not None and t is not None and a >= acc and t <= ttft and (a, t) != (acc, ttft)
-            for a, t in points)
-        rows.append([("*" if front else " ") + (r["name"] or r["run"]), r["model"] or "-",
-                     f"{r['done']}/{r['total'] or '?'}", str(r["failed"]),
-                     "-" if acc is None else f"{acc:.3f}",
-                     _ms(s["ttft_ms"], "p50"), _ms(s["ttft_ms"], "p99"), _ms(s["tpot_ms"], "p50"),
-                     _ms(s["vram_peak_delta_mb"], "p50"), _ms(s["vram_peak_delta_mb"], "max"),
-                     "-" if s["items_per_s"] is None else f"{s['items_per_s']:.2f}",
-                     _joules(r), "-" if r.get("kv_cache_peak") is None
-                     else f"{r['kv_cache_peak']:.0%}"])
-    head = ["RUN", "MODEL", "DONE", "FAILED", "ACCURACY", "TTFT_P50_MS", "TTFT_P99_MS",
-            "TPOT_P50_MS", "VRAM_D_P50_MB", "VRAM_D_MAX_MB", "ITEMS_S", "J_PER_CORRECT",
-            "KV_PEAK"]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip()
-             for row in [head, *rows]]
-    return "\n".join(lines) + "\n(* on the accuracy / TTFT p50 Pareto front)"

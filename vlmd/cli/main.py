@@ -23,6 +23,7 @@ import trio
 from vlmd.cli import client
 from vlmd.cli import cluster as _cluster_commands  # noqa: F401  (they register themselves)
 from vlmd.cli import offline as _offline_commands  # noqa: F401  (they register themselves)
+from vlmd.cli import report as _report_commands  # noqa: F401
 from vlmd.cli import run as _run_commands  # noqa: F401
 from vlmd.cli.base import COMMANDS, CliError, command, one_line, unwrapped
 from vlmd.cli.follow import StatusLine, status_line

@@ -1,6 +1,6 @@
-"""Reading runs without a daemon: the commands that show runs (`vlmd runs` here, `vlmd report`)
-ask the daemon when one answers, else fold the log file themselves with the daemon's own fold,
-so they work after `scripts/demo --exit` or on a copy of an old log."""
+"""Reading runs without a daemon: the commands that show runs (`vlmd runs` here, `vlmd report`,
+`vlmd diff`) ask the daemon when one answers, else fold the log file themselves with the
+daemon's own folds, so they work after `scripts/demo --exit` or on a copy of an old log."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import trio
 
@@ -15,6 +16,8 @@ from vlmd.cli.base import CliError, command
 from vlmd.cli.client import Client, answers
 from vlmd.config import Config
 from vlmd.live import replay
+from vlmd.projections import diff as diffs
+from vlmd.projections.answers import ITEM_KINDS
 from vlmd.projections.summary import summarize
 from vlmd.projections.tracker import RunState
 
@@ -62,6 +65,47 @@ def states(config: Config, runs: list[str], db: str | None = None) -> list[dict[
                 return await _from_daemon(client, runs)
         return trio.run(ask)
     return from_log(_log_path(config, db), runs)
+
+
+def diff(config: Config, a: str, b: str, *, force: bool = False, limit: int | None = None,
+         db: str | None = None) -> dict[str, Any]:
+    """The items that changed from run `a` to run `b` (`vlmd.projections.diff`): from the
+    daemon (``GET /api/diff``) when one answers (and no `db` is named), else folded from the
+    log file. CliError when the runs evaluated different datasets and not `force`."""
+    if db is None and trio.run(answers, config.url):
+        query = {"a": a, "b": b, "force": int(force),
+                 **({} if limit is None else {"limit": limit})}
+
+        async def ask() -> dict[str, Any]:
+            async with Client.of(config) as client:
+                return dict(await client.call("GET", f"/api/diff?{urlencode(query)}"))
+        return trio.run(ask)
+    return diff_from_log(_log_path(config, db), a, b, force=force, limit=limit)
+
+
+def diff_from_log(path: str | Path, a: str, b: str, *, force: bool = False,
+                  limit: int | None = None) -> dict[str, Any]:
+    """`diff` of runs `a` and `b` (ids or names) folded from the log file at `path`."""
+    try:
+        event_log = replay.open_readonly(path)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    try:
+        folded = replay.state_at(event_log)
+        found = []
+        for run in (a, b):
+            state = folded.find(run)
+            if state is None:
+                raise CliError(f"no run {run!r} in {path} (neither an id nor a name)")
+            items = diffs.item_rows(event_log.read(run=state.run, kinds=ITEM_KINDS))
+            found.append((state.to_dict(), items))
+    finally:
+        event_log.close()
+    (row_a, items_a), (row_b, items_b) = found
+    try:
+        return diffs.diff(row_a, items_a, row_b, items_b, force=force, limit=limit)
+    except diffs.DatasetsDiffer as e:
+        raise CliError(str(e)) from None
 
 
 def listing(config: Config, db: str | None = None) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The commands that run evaluations: ``vlmd run``, ``vlmd demo``, ``vlmd report``, ``vlmd cancel``.
+"""The commands that run evaluations: ``vlmd run``, ``vlmd demo``, ``vlmd cancel``, ``vlmd follow``.
 
 They talk to the daemon the config names; when none answers, ``run`` and ``demo`` start an
 embedded one in the same process, which stops when they end.
@@ -20,11 +20,11 @@ from urllib.parse import quote
 
 import trio
 
-from vlmd.cli import offline
 from vlmd.cli.attach import EXIT_DETACHED, ending_lines, exit_status, watch
 from vlmd.cli.base import CliError, command, unwrapped
 from vlmd.cli.client import Client, answers, call
-from vlmd.cli.follow import follow, report_table
+from vlmd.cli.follow import follow
+from vlmd.cli.report import report_table
 from vlmd.config import Config
 from vlmd.daemon.serve import serve
 from vlmd.launch.launcher import LocalLauncher
@@ -266,28 +266,6 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     except Detached:
         return EXIT_DETACHED
     return max(exit_status(s) for s in states)
-
-
-def _report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="*", metavar="RUN", help="run ids or names (default: all)")
-    p.add_argument("--db", metavar="FILE",
-                   help="read this log file (default: ask the daemon, else read log.path)")
-
-
-@command("report", _report_args)
-def cmd_report(args: argparse.Namespace, config: Config) -> int:
-    """Compare runs by accuracy and cost: TTFT p50/p99, TPOT p50, peak VRAM delta, items/s.
-
-    Without a running daemon it reads the log file.
-
-    Example:
-        vlmd report nightly-7b nightly-13b
-    """
-    states = offline.states(config, args.runs, args.db)
-    if not states:
-        raise CliError("no runs yet; start one with `vlmd run` or `vlmd demo`")
-    print(report_table(states))
-    return 0
 
 
 def _cancel_args(p: argparse.ArgumentParser) -> None:

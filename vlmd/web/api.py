@@ -34,6 +34,7 @@ from vlmd.store import incoming
 from vlmd.tokens import Tokens
 from vlmd.web import bulk, images, replays
 from vlmd.web.auth import ApiError, Auth
+from vlmd.web.comparisons import Comparisons
 from vlmd.web.feeds import MAX_KINDS, MAX_SEQ, Feeds
 from vlmd.web.metrics import route as metrics_route
 from vlmd.web.origins import Origins, guard
@@ -386,6 +387,7 @@ def build_app(live: Live, tokens: Tokens, server: ServerConfig, *,
     api = Api(live, Auth(tokens), int(server.max_body_mb * 1024 * 1024))
     api.launcher = launcher
     feeds = Feeds(live, WsHub(server.max_ws_clients), api.reader)
+    comparisons = Comparisons(live, api.reader, api.run_state)
     routes = [
         Route("/api/events", _guard(api.post_events), methods=["POST"]),
         Route("/events", _guard(api.post_events), methods=["POST"]),
@@ -403,6 +405,8 @@ def build_app(live: Live, tokens: Tokens, server: ServerConfig, *,
         Route("/healthz", _guard(api.healthz), methods=["GET"]),
         Route("/metrics", _reads(api, metrics_route(live)), methods=["GET"]),
         Route("/api/runs/{run}/state", _reads(api, api.state_at), methods=["GET"]),
+        Route("/api/compare", _reads(api, comparisons.compare), methods=["GET"]),
+        Route("/api/diff", _reads(api, comparisons.diff), methods=["GET"]),
         WebSocketRoute("/api/replay", _ws_reads(api, feeds.replay)),
         WebSocketRoute("/api/feed", _ws_reads(api, feeds.feed)),
         WebSocketRoute("/api/state", _ws_reads(api, feeds.state)),
